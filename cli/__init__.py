@@ -1,0 +1,270 @@
+"""`vae-edge`: a thin command-line skin over vae_edge.runtime, .training and .export.
+
+Heavy imports (numpy, onnxruntime, torch) happen inside the commands, so `--help` is
+instant and `sample`/`score`/`info` never touch torch. Every failure the user can fix is
+reported as one line on stderr with exit code 2; output files appear whole or not at all.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import click
+
+from vae_edge.runtime.errors import VAEEdgeError
+
+SCORE_FORMATS = (".csv", ".npy", ".jsonl")
+SAMPLE_FORMATS = (".png", ".npy")
+
+model_option = click.option(
+    "--model",
+    "model_dir",
+    type=click.Path(path_type=Path),
+    help="Model bundle directory (default: the MNIST model shipped with vae-edge).",
+)
+device_option = click.option(
+    "--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True
+)
+threads_option = click.option(
+    "--threads", type=click.IntRange(min=1), help="onnxruntime intra-op threads per graph."
+)
+seed_option = click.option(
+    "--seed", type=click.IntRange(min=0), default=0, show_default=True, help="NumPy noise seed."
+)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="vae-edge")
+def cli():
+    """Train a VAE, export it to ONNX, and sample or score anomalies with onnxruntime."""
+
+
+@cli.command()
+@click.option("--data", required=True, help="Training data: .npz/.npy/.csv/PNG path, or 'mnist'.")
+@click.option("--out", "run_dir", required=True, type=click.Path(path_type=Path))
+@click.option("--epochs", type=click.IntRange(min=1), default=10, show_default=True)
+@click.option("--batch-size", type=click.IntRange(min=1), default=128, show_default=True)
+@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=1e-3, show_default=True)
+@click.option("--latent-dim", type=click.IntRange(min=1), help="Default: from the data (20 for MNIST).")
+@click.option("--hidden", help="Hidden layer sizes, comma separated, e.g. 512,256. Default: from the data.")
+@click.option("--likelihood", type=click.Choice(["bernoulli", "gaussian"]), help="Default: from the data.")
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
+@click.option("--val-fraction", type=click.FloatRange(0, 1, max_open=True), default=0.1, show_default=True)
+@click.option("--normal-class", type=int, help="Train only on samples with this label.")
+@click.option("--quiet", is_flag=True, help="No progress bar or per-epoch lines.")
+def train(data, run_dir, hidden, quiet, **options):
+    """Train a VAE (needs the `train` extra) and write RUN_DIR."""
+    train_module = _train_extra("vae_edge.training.train")
+    if hidden is not None:
+        try:
+            hidden = tuple(int(h) for h in hidden.split(","))
+        except ValueError:
+            raise click.BadParameter(f"{hidden!r} is not a list of integers", param_hint="--hidden")
+        if any(h < 1 for h in hidden):
+            raise click.BadParameter("sizes must be positive", param_hint="--hidden")
+    config = train_module.train(data, run_dir, hidden=hidden, progress=not quiet, **options)
+    s = config["summary"]
+    click.echo(f"wrote {run_dir} ({s['seconds']} s)")
+    for split in ("train", "val", "test"):
+        if f"{split}_loss" in s:
+            click.echo(
+                f"{split} loss {s[f'{split}_loss']:.2f} nats/sample "
+                f"(reconstruction {s[f'{split}_recon']:.2f} + KL {s[f'{split}_kl']:.2f})"
+            )
+
+
+@cli.command()
+@click.argument("run_dir", type=click.Path(path_type=Path))
+@click.option("--out", "model_dir", required=True, type=click.Path(path_type=Path))
+@click.option("--force", is_flag=True, help="Replace an existing bundle at --out.")
+def export(run_dir, model_dir, force):
+    """Export RUN_DIR as a checked ONNX bundle (needs the `train` extra)."""
+    export_module = _train_extra("vae_edge.export.onnx_export")
+    manifest = export_module.export_run(run_dir, model_dir, force=force)
+    p = manifest.parity
+    click.echo(f"wrote {model_dir} (encoder.onnx, decoder.onnx, vae.json)")
+    click.echo(
+        "parity vs PyTorch at batch sizes "
+        + ", ".join(map(str, p["batch_sizes"]))
+        + ": max |diff| "
+        + ", ".join(f"{k} {p['max_abs_diff_' + k]:.2e}" for k in ("mu", "logvar", "decoder", "score"))
+    )
+
+
+@cli.command()
+@model_option
+@click.option("-n", "n", type=click.IntRange(min=1), required=True, help="Number of samples.")
+@seed_option
+@click.option("-o", "--output", required=True, type=click.Path(path_type=Path),
+              help="OUT.png (a grid, image models) or OUT.npy.")  # fmt: skip
+@device_option
+@threads_option
+def sample(model_dir, n, seed, output, device, threads):
+    """Draw N new samples from the model."""
+    suffix = _suffix(output, SAMPLE_FORMATS)
+    model = _load(model_dir, device, threads)
+    if suffix == ".png" and not model.manifest.is_image:
+        raise click.BadParameter("PNG output needs an image model; use .npy", param_hint="-o")
+    samples = model.sample(n, seed=seed)
+    _write(output, samples, model, suffix)
+    click.echo(f"wrote {n} samples to {output}")
+
+
+@cli.command()
+@model_option
+@click.argument("input_path", metavar="INPUT", type=click.Path(path_type=Path))
+@click.option("--samples", type=click.IntRange(min=0), default=1, show_default=True,
+              help="z draws per sample; 0 = deterministic (z = mu).")  # fmt: skip
+@seed_option
+@click.option("--batch-size", type=click.IntRange(min=1), default=1024, show_default=True)
+@click.option("-o", "--output", type=click.Path(path_type=Path),
+              help="OUT.csv, OUT.npy or OUT.jsonl (default: CSV on stdout).")  # fmt: skip
+@device_option
+@threads_option
+def score(model_dir, input_path, samples, seed, batch_size, output, device, threads):
+    """Score INPUT (.npz/.npy/.csv/.png or a PNG folder): reconstruction loss per sample."""
+    from vae_edge.runtime.data import read_input
+
+    suffix = _suffix(output, SCORE_FORMATS) if output else ".csv"
+    if output is not None and not output.parent.is_dir():
+        raise click.BadParameter(f"directory {output.parent} does not exist", param_hint="-o")
+    model = _load(model_dir, device, threads)
+    model.batch_size = batch_size
+    x = read_input(input_path)
+    scores = model.score(x, samples=samples, seed=seed)
+    t = model.manifest.threshold
+    flags = None if t is None else scores > t.value
+    if t is not None and (t.samples, t.seed) != (samples, seed):
+        click.echo(
+            f"note: the threshold was set with --samples {t.samples} --seed {t.seed}", err=True
+        )
+    if output is None:
+        click.echo(_csv(scores, flags), nl=False)
+    else:
+        _write_scores(output, suffix, scores, flags)
+
+
+@cli.command()
+@click.argument("model_dir", required=False, type=click.Path(path_type=Path))
+def info(model_dir):
+    """Summarise a bundle (default: the shipped model) and list onnxruntime providers."""
+    import onnxruntime
+
+    model = _load(model_dir, "cpu", None)
+    m = model.manifest
+    s = m.training.get("summary", {})
+    lines = [
+        f"bundle        {model.source}",
+        f"format        {m.format_version}",
+        f"input         {m.input_dtype} {m.input_shape} (data {m.data_dtype}), "
+        f"preprocessing {m.preprocessing.kind}",
+        f"likelihood    {m.likelihood} (decoder emits {m.decoder_output})",
+        f"latent_dim    {m.latent_dim}",
+        f"encoder.onnx  sha256 {m.encoder.sha256}",
+        f"decoder.onnx  sha256 {m.decoder.sha256}",
+        f"exporter      {m.exporter}, opset {m.opset}",
+        "parity        " + ", ".join(
+            f"{k.removeprefix('max_abs_diff_')} {v:.2e}"
+            for k, v in m.parity.items() if k.startswith("max_abs_diff_")
+        ),  # fmt: skip
+        f"threshold     {'none' if m.threshold is None else m.threshold.value}",
+    ]
+    if "test_loss" in s:
+        lines.append(f"test loss     {s['test_loss']:.2f} nats/sample")
+    lines.append(f"providers     {', '.join(onnxruntime.get_available_providers())}")
+    click.echo("\n".join(lines))
+
+
+def _train_extra(module: str):
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ModuleNotFoundError as e:
+        if e.name in ("torch", "onnx", "onnxscript"):
+            raise click.ClickException(
+                f"this command needs {e.name}: pip install 'vae-edge[train]'"
+            ) from None
+        raise
+
+
+def _load(model_dir, device, threads):
+    from vae_edge.runtime import EdgeVAE
+
+    return EdgeVAE.load(model_dir, device=device, threads=threads)
+
+
+def _suffix(path: Path, allowed) -> str:
+    suffix = path.suffix.lower()
+    if suffix not in allowed:
+        raise click.BadParameter(
+            f"{path}: output must end in {' or '.join(allowed)}", param_hint="-o"
+        )
+    return suffix
+
+
+def _write(output: Path, samples, model, suffix: str) -> None:
+    import numpy as np
+
+    from vae_edge.runtime.data import atomic_output, image_grid, write_png
+
+    with atomic_output(output) as tmp:
+        if suffix == ".png":
+            write_png(tmp, image_grid(model.manifest.preprocessing.apply(samples)))
+        else:
+            with open(tmp, "wb") as f:
+                np.save(f, samples)
+
+
+def _csv(scores, flags) -> str:
+    header = "index,score" + (",is_anomaly" if flags is not None else "")
+    rows = [
+        f"{i},{float(s):.9g}" + (f",{int(flags[i])}" if flags is not None else "")
+        for i, s in enumerate(scores)
+    ]
+    return "\n".join([header, *rows]) + "\n"
+
+
+def _write_scores(output: Path, suffix: str, scores, flags) -> None:
+    import numpy as np
+
+    from vae_edge.runtime.data import atomic_output
+
+    with atomic_output(output) as tmp:
+        if suffix == ".npy":
+            with open(tmp, "wb") as f:
+                np.save(f, scores)
+        elif suffix == ".jsonl":
+            rows = (
+                {"index": i, "score": float(s)}
+                | ({} if flags is None else {"is_anomaly": bool(flags[i])})
+                for i, s in enumerate(scores)
+            )
+            tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
+        else:
+            tmp.write_text(_csv(scores, flags))
+
+
+def main() -> None:
+    """Entry point: run the CLI, turning every user-fixable failure into one line, exit 2."""
+    try:
+        code = cli.main(prog_name="vae-edge", standalone_mode=False)
+    except click.exceptions.Abort:
+        click.echo("vae-edge: aborted", err=True)
+        sys.exit(130)
+    except click.ClickException as e:
+        click.echo(f"vae-edge: error: {e.format_message()}", err=True)
+        sys.exit(2)
+    except VAEEdgeError as e:
+        click.echo(f"vae-edge: error: {e}", err=True)
+        sys.exit(2)
+    except OSError as e:
+        where = f": {e.filename}" if e.filename else ""
+        click.echo(f"vae-edge: error: {e.strerror or e}{where}", err=True)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        click.echo("vae-edge: interrupted", err=True)
+        sys.exit(130)
+    sys.exit(code if isinstance(code, int) else 0)

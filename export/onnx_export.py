@@ -1,0 +1,241 @@
+"""Export a training run as a model bundle: encoder.onnx, decoder.onnx and vae.json.
+
+Export is not done until it is validated: both graphs are checked (onnx.checker, no random
+op, symbolic batch dimension) and run under onnxruntime through the runtime's own loader
+against PyTorch at several batch sizes; the end-to-end score is compared with the same eps.
+The bundle is built in a temporary directory and moved into place only if every check passes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+import warnings
+from importlib import metadata
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime
+import torch
+
+from vae_edge.runtime.data import umask
+from vae_edge.runtime.errors import InputError, VAEEdgeError
+from vae_edge.runtime.manifest import MANIFEST_FILE, FORMAT_VERSION, Graph, Manifest
+from vae_edge.runtime.model import EdgeVAE, draw_latents
+from vae_edge.training.model import VAE, reconstruction_nll
+from vae_edge.training.train import load_run
+
+OPSET = 18
+EXPORTER = f"torch.onnx.export(dynamo=True, opset_version={OPSET})"
+PARITY_BATCHES = (1, 2, 3, 64)
+RTOL, ATOL = 1e-4, 1e-5
+RANDOM_OPS = {"RandomNormal", "RandomNormalLike", "RandomUniform", "RandomUniformLike",
+              "Multinomial", "Bernoulli"}  # fmt: skip
+
+
+class ExportError(VAEEdgeError):
+    """The exported graphs failed validation; no bundle was written."""
+
+
+class _Encoder(torch.nn.Module):
+    def __init__(self, vae: VAE):
+        super().__init__()
+        self.vae = vae
+
+    def forward(self, x):
+        return self.vae.encode(x)
+
+
+class _Decoder(torch.nn.Module):
+    def __init__(self, vae: VAE):
+        super().__init__()
+        self.vae = vae
+
+    def forward(self, z):
+        return self.vae.decode(z)
+
+
+def export_run(run_dir: str | Path, out: str | Path, force: bool = False) -> Manifest:
+    """Export the run in `run_dir` to the bundle directory `out` and return its manifest."""
+    vae, config = load_run(run_dir)
+    out = Path(out)
+    if out.exists() and not (out / MANIFEST_FILE).is_file() and any(out.iterdir()):
+        raise InputError(f"{out}: exists and is not a model bundle; choose an empty directory")
+    if (out / MANIFEST_FILE).is_file() and not force:
+        raise InputError(f"{out}: a bundle is already there (use --force to replace it)")
+    if not out.parent.is_dir():
+        raise InputError(f"{out}: directory {out.parent} does not exist")
+    staging = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp"))
+    try:
+        staging.chmod(0o777 & ~umask())  # mkdtemp makes 0700
+        manifest = _build(vae, config, staging)
+        _replace_dir(staging, out)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return manifest
+
+
+def _build(vae: VAE, config: dict, folder: Path) -> Manifest:
+    m = config["model"]
+    shape = tuple(m["input_shape"])
+    graphs = {}
+    for name, module, example, inputs, outputs in (
+        ("encoder", _Encoder(vae), torch.rand(2, *shape), ["x"], ["mu", "logvar"]),
+        ("decoder", _Decoder(vae), torch.randn(2, m["latent_dim"]), ["z"], ["x"]),
+    ):
+        file = folder / f"{name}.onnx"
+        _export_graph(module, example, file, inputs, outputs)
+        graphs[name] = Graph(file.name, _sha256(file), inputs, outputs)
+    versions = {
+        "vae_edge": _version("vae-edge"),
+        "torch": torch.__version__,
+        "onnx": onnx.__version__,
+        "onnxscript": _version("onnxscript"),
+        "onnxruntime": onnxruntime.__version__,
+        "numpy": np.__version__,
+    }
+    manifest_dict = {
+        "format_version": FORMAT_VERSION,
+        "input_shape": list(shape),
+        "input_dtype": "float32",
+        "data_dtype": config["data"]["dtype"],
+        "preprocessing": config["preprocessing"],
+        "likelihood": m["likelihood"],
+        "latent_dim": m["latent_dim"],
+        "encoder": graphs["encoder"].__dict__,
+        "decoder": graphs["decoder"].__dict__,
+        "opset": OPSET,
+        "exporter": EXPORTER,
+        "versions": versions,
+        "parity": {},
+        "training": {
+            "model": {"arch": "mlp", "hidden": m["hidden"]},
+            "data": config["data"],
+            "options": config["training"],
+            "summary": config["summary"],
+        },
+        "threshold": None,
+    }
+    manifest = Manifest.from_dict(manifest_dict)
+    (folder / MANIFEST_FILE).write_text(manifest.to_json())
+    parity = check_parity(vae, EdgeVAE.load(folder))
+    manifest = Manifest.from_dict(manifest_dict | {"parity": parity})
+    (folder / MANIFEST_FILE).write_text(manifest.to_json())
+    return manifest
+
+
+def _export_graph(module, example, file: Path, inputs, outputs) -> None:
+    batch = torch.export.Dim("batch", min=1)
+    # The exporter logs registry noise (e.g. "torchvision is not installed"); keep it quiet.
+    quiet = logging.getLogger("torch.onnx")
+    level = quiet.level
+    quiet.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            program = torch.onnx.export(
+                module.eval(),
+                (example,),
+                dynamo=True,
+                input_names=inputs,
+                output_names=outputs,
+                dynamic_shapes=({0: batch},),
+                opset_version=OPSET,
+                external_data=False,
+                verbose=False,
+                report=False,
+            )
+        program.save(str(file), external_data=False)
+    finally:
+        quiet.setLevel(level)
+    model = onnx.load(str(file))
+    onnx.checker.check_model(model, full_check=True)
+    random = sorted({n.op_type for n in model.graph.node} & RANDOM_OPS)
+    if random:
+        raise ExportError(f"{file.name}: graph contains random ops {random}")
+    for value in [*model.graph.input, *model.graph.output]:
+        dim0 = value.type.tensor_type.shape.dim[0]
+        if not dim0.dim_param:
+            raise ExportError(f"{file.name}: {value.name} has a fixed batch dimension")
+
+
+def check_parity(vae: VAE, edge: EdgeVAE, seed: int = 0) -> dict[str, float]:
+    """Compare onnxruntime (through the runtime) with PyTorch; raise ExportError beyond
+    rtol 1e-4 / atol 1e-5. Returns the max absolute differences."""
+    rng = np.random.default_rng(seed)
+    shape, k = edge.manifest.input_shape, edge.manifest.latent_dim
+    worst = {"mu": 0.0, "logvar": 0.0, "decoder": 0.0, "score": 0.0}
+    for n in PARITY_BATCHES:
+        raw = edge.manifest.preprocessing.invert(_example_inputs(edge, rng, n))
+        xp = edge.preprocess(raw)
+        z = rng.standard_normal((n, k), dtype=np.float32)
+        with torch.no_grad():
+            mu_t, logvar_t = (t.numpy() for t in vae.encode(torch.from_numpy(xp)))
+            dec_t = vae.decode(torch.from_numpy(z)).numpy()
+        mu_o, logvar_o = edge.encode(raw)
+        dec_o = edge._decode(z)
+        score_o = edge.score(raw, samples=1, seed=seed)
+        eps_z = draw_latents(mu_o, logvar_o, 1, np.random.default_rng(seed))[:, 0]
+        with torch.no_grad():
+            # Same eps through PyTorch: z from ORT's mu/logvar so only the decoder and loss
+            # differ; the encoder is compared on its own above.
+            params = vae.decode(torch.from_numpy(eps_z))
+            score_t = reconstruction_nll(
+                torch.from_numpy(xp), params, edge.manifest.likelihood
+            ).numpy()
+        for name, a, b in (
+            ("mu", mu_o, mu_t),
+            ("logvar", logvar_o, logvar_t),
+            ("decoder", dec_o, dec_t),
+            ("score", score_o, score_t),
+        ):
+            if a.shape != b.shape or not np.allclose(a, b, rtol=RTOL, atol=ATOL):
+                raise ExportError(
+                    f"parity check failed: {name} at batch {n} differs from PyTorch by up to "
+                    f"{_max_diff(a, b):.3g} (rtol {RTOL}, atol {ATOL})"
+                )
+            worst[name] = max(worst[name], _max_diff(a, b))
+    return {f"max_abs_diff_{k}": v for k, v in worst.items()} | {
+        "rtol": RTOL,
+        "atol": ATOL,
+        "batch_sizes": list(PARITY_BATCHES),
+    }
+
+
+def _example_inputs(edge: EdgeVAE, rng, n: int) -> np.ndarray:
+    """Inputs in the encoder's units: uniform [0, 1] for Bernoulli, N(0, 1) otherwise."""
+    shape = (n, *edge.manifest.input_shape)
+    if edge.manifest.likelihood == "bernoulli":
+        return rng.random(shape, dtype=np.float32)
+    return rng.standard_normal(shape, dtype=np.float32)
+
+
+def _max_diff(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.max(np.abs(a.astype(np.float64) - b))) if a.shape == b.shape else float("inf")
+
+
+def _sha256(file: Path) -> str:
+    return hashlib.sha256(file.read_bytes()).hexdigest()
+
+
+def _version(dist: str) -> str:
+    try:
+        return metadata.version(dist)
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def _replace_dir(new: Path, target: Path) -> None:
+    """Move `new` to `target`; an existing bundle there is swapped out, then removed."""
+    old = None
+    if target.exists():
+        old = target.with_name(f".{target.name}.old-{os.getpid()}")
+        os.replace(target, old)
+    os.replace(new, target)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)

@@ -1,0 +1,210 @@
+"""Data readers shared by training and runtime: .npz, .npy, .csv, PNG files and PNG folders.
+
+Samples are images (N, H, W[, C]) or vectors (N, D). Nothing here knows about models.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import zipfile
+from contextlib import contextmanager
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+
+from vae_edge.runtime.errors import InputError
+
+SUFFIXES = (".npz", ".npy", ".csv", ".png")
+
+
+class Data(NamedTuple):
+    x: np.ndarray
+    y: np.ndarray | None = None
+    x_test: np.ndarray | None = None
+    y_test: np.ndarray | None = None
+
+
+def read_data(path: str | Path) -> Data:
+    """Read a training set: `.npz` keys `x` or `x_train` (labels `y`/`y_train`, optional
+    `x_test`/`y_test`), or any single-array format."""
+    path = _existing(path)
+    if path.suffix.lower() != ".npz":
+        return Data(read_input(path))
+    arrays = _npz(path)
+    x_key = "x" if "x" in arrays else "x_train" if "x_train" in arrays else None
+    if x_key is None:
+        raise InputError(f"{path}: no 'x' or 'x_train' array (has: {', '.join(arrays)})")
+    y_key = "y" if x_key == "x" else "y_train"
+    data = Data(arrays[x_key], arrays.get(y_key), arrays.get("x_test"), arrays.get("y_test"))
+    for x, y, name in ((data.x, data.y, y_key), (data.x_test, data.y_test, "y_test")):
+        if x is not None and y is not None and len(y) != len(x):
+            raise InputError(f"{path}: {name} has {len(y)} labels for {len(x)} samples")
+    return data
+
+
+def read_input(path: str | Path) -> np.ndarray:
+    """Read the samples to score: `.npz` (key `x`, else `x_test`), `.npy`, `.csv`, a PNG file
+    or a folder of PNG files. Returns the array as stored; validation is the model's job."""
+    path = _existing(path)
+    if path.is_dir():
+        return _png_folder(path)
+    suffix = path.suffix.lower()
+    if suffix == ".npz":
+        arrays = _npz(path)
+        for key in ("x", "x_test"):
+            if key in arrays:
+                return arrays[key]
+        raise InputError(f"{path}: no 'x' or 'x_test' array (has: {', '.join(arrays)})")
+    if suffix == ".npy":
+        return _npy(path)
+    if suffix == ".csv":
+        return _csv(path)
+    if suffix == ".png":
+        return _png(path)[None]
+    raise InputError(f"{path}: unsupported file type (use {', '.join(SUFFIXES)} or a PNG folder)")
+
+
+def _existing(path: str | Path) -> Path:
+    path = Path(path)
+    if not path.exists():
+        raise InputError(f"{path}: no such file or directory")
+    return path
+
+
+def _npy(path: Path) -> np.ndarray:
+    try:
+        return np.load(path, allow_pickle=False)
+    except ValueError as e:
+        if "allow_pickle" in str(e):
+            raise InputError(f"{path}: holds Python objects (pickle), not numbers") from None
+        raise InputError(f"{path}: not a valid .npy file ({e})") from None
+    except (OSError, EOFError) as e:
+        raise InputError(f"{path}: not a valid .npy file ({e})") from None
+
+
+def _npz(path: Path) -> dict[str, np.ndarray]:
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            if not isinstance(f, np.lib.npyio.NpzFile):
+                raise InputError(f"{path}: not a .npz archive")
+            return {key: f[key] for key in f.files}
+    except InputError:
+        raise
+    except ValueError as e:
+        if "allow_pickle" in str(e):
+            raise InputError(f"{path}: holds Python objects (pickle), not numbers") from None
+        raise InputError(f"{path}: not a valid .npz file ({e})") from None
+    except (OSError, EOFError, zipfile.BadZipFile) as e:
+        raise InputError(f"{path}: not a valid .npz file ({e})") from None
+
+
+def _csv(path: Path) -> np.ndarray:
+    """Numeric CSV, comma separated; a first line that is not numeric is taken as a header."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            first = f.readline()
+    except UnicodeDecodeError:
+        raise InputError(f"{path}: not a text CSV file") from None
+    if not first.strip():
+        raise InputError(f"{path}: empty CSV file")
+    header = not _is_numeric_row(first)
+    try:
+        x = np.loadtxt(path, delimiter=",", skiprows=int(header), dtype=np.float64, ndmin=2)
+    except ValueError as e:
+        raise InputError(f"{path}: {_first_line(e)} (only numbers are accepted)") from None
+    if x.size == 0:
+        raise InputError(f"{path}: no data rows")
+    return x
+
+
+def _is_numeric_row(line: str) -> bool:
+    try:
+        [float(cell) for cell in line.split(",")]
+    except ValueError:
+        return False
+    return True
+
+
+def _first_line(e: Exception) -> str:
+    return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+
+
+def _png(path: Path) -> np.ndarray:
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as im:
+            if im.format != "PNG":
+                raise InputError(f"{path}: not a PNG image")
+            grey = im.mode in ("1", "L", "LA", "I", "I;16") or (
+                im.mode == "P" and im.palette.mode == "L"
+            )
+            return np.asarray(im.convert("L" if grey else "RGB"))
+    except (UnidentifiedImageError, OSError, SyntaxError) as e:
+        raise InputError(f"{path}: not a readable PNG image ({_first_line(e)})") from None
+
+
+def _png_folder(path: Path) -> np.ndarray:
+    files = sorted(p for p in path.iterdir() if p.suffix.lower() == ".png")
+    if not files:
+        raise InputError(f"{path}: folder holds no .png files")
+    images = [_png(p) for p in files]
+    shapes = {im.shape for im in images}
+    if len(shapes) > 1:
+        raise InputError(f"{path}: PNG files differ in size or channels ({sorted(shapes)})")
+    return np.stack(images)
+
+
+def write_png(path: str | Path, image: np.ndarray) -> None:
+    """Write a uint8 (H, W) or (H, W, 3) image as PNG."""
+    from PIL import Image
+
+    Image.fromarray(image).save(path, format="PNG")
+
+
+@contextmanager
+def atomic_output(path: str | Path):
+    """Yield a temporary path beside `path`; move it into place only if the block succeeds,
+    so a failed or interrupted run leaves no partial file and the old file intact."""
+    path = Path(path)
+    if not path.parent.is_dir():
+        raise InputError(f"{path}: directory {path.parent} does not exist")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    os.chmod(tmp, 0o666 & ~umask())  # mkstemp makes 0600; give the file its usual mode
+    try:
+        yield Path(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def image_grid(images: np.ndarray, columns: int | None = None) -> np.ndarray:
+    """Tile images (N, H, W) or (N, H, W, C) into one uint8 picture with 2-pixel gaps.
+    Values in [0, 1] map to 0..255; anything else is min-max scaled first."""
+    images = np.asarray(images, np.float32)
+    low, high = float(images.min()), float(images.max())
+    if low < 0 or high > 1:
+        images = (images - low) / max(high - low, 1e-12)
+    if images.ndim == 4 and images.shape[-1] == 1:
+        images = images[..., 0]
+    n, h, w = images.shape[:3]
+    columns = columns or int(np.ceil(np.sqrt(n)))
+    rows = int(np.ceil(n / columns))
+    gap = 2
+    grid = np.zeros((rows * (h + gap) + gap, columns * (w + gap) + gap, *images.shape[3:]))
+    for i, image in enumerate(images):
+        r, c = divmod(i, columns)
+        top, left = gap + r * (h + gap), gap + c * (w + gap)
+        grid[top : top + h, left : left + w] = image
+    return np.round(grid * 255).astype(np.uint8)
+
+
+def umask() -> int:
+    """The process umask (reading it means setting it, so it is set back at once)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask

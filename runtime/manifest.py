@@ -1,0 +1,253 @@
+"""The manifest `vae.json`: the one contract between export (which writes it) and runtime.
+
+A bundle is a directory holding `vae.json`, `encoder.onnx` and `decoder.onnx`. The manifest
+says how raw input becomes the encoder's float32 input (preprocessing), what the decoder
+emits (likelihood and output kind), the sha256 of both graphs and how the export was
+checked. `Manifest.from_dict` validates every field; a bundle that fails is refused whole.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from functools import cached_property
+from typing import Any
+
+import numpy as np
+
+from vae_edge.runtime.errors import BundleError
+
+FORMAT_VERSION = 1
+MANIFEST_FILE = "vae.json"
+LIKELIHOODS = {"bernoulli": "logits", "gaussian": "mean"}  # likelihood -> decoder output
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """How raw input maps to the encoder's input: x * scale, or (x - mean) / std per feature."""
+
+    kind: str  # "scale" | "standardize"
+    scale: float | None = None
+    mean: list[float] | None = None
+    std: list[float] | None = None
+
+    def apply(self, x: np.ndarray) -> np.ndarray:
+        """Raw samples (N, ...) -> the encoder's float32 input, same shape."""
+        x = np.asarray(x, np.float32)
+        if self.kind == "scale":
+            return x * np.float32(self.scale)
+        flat = x.reshape(len(x), -1)
+        return ((flat - self._mean) / self._std).reshape(x.shape)
+
+    def invert(self, xp: np.ndarray) -> np.ndarray:
+        """The encoder's units -> raw units."""
+        if self.kind == "scale":
+            return (xp / np.float32(self.scale)).astype(np.float32)
+        flat = xp.reshape(len(xp), -1)
+        return (flat * self._std + self._mean).reshape(xp.shape).astype(np.float32)
+
+    @cached_property
+    def _mean(self) -> np.ndarray:
+        return np.asarray(self.mean, np.float32)
+
+    @cached_property
+    def _std(self) -> np.ndarray:
+        return np.asarray(self.std, np.float32)
+
+
+@dataclass(frozen=True)
+class Graph:
+    file: str
+    sha256: str
+    inputs: list[str]
+    outputs: list[str]
+
+
+@dataclass(frozen=True)
+class Threshold:
+    """A score above `value` is an anomaly; scores must be computed with `samples` and `seed`."""
+
+    value: float
+    samples: int = 0
+    seed: int = 0
+    source: str = ""
+
+
+@dataclass(frozen=True)
+class Manifest:
+    input_shape: tuple[int, ...]  # one sample, without the batch dimension
+    data_dtype: str  # dtype of the training data as read (e.g. uint8), for information
+    preprocessing: Preprocessing
+    likelihood: str
+    latent_dim: int
+    encoder: Graph
+    decoder: Graph
+    opset: int
+    exporter: str
+    versions: dict[str, str] = field(default_factory=dict)
+    parity: dict[str, float] = field(default_factory=dict)
+    training: dict[str, Any] = field(default_factory=dict)
+    threshold: Threshold | None = None
+    format_version: int = FORMAT_VERSION
+    input_dtype: str = "float32"  # what the encoder graph takes, after preprocessing
+
+    @property
+    def decoder_output(self) -> str:
+        return LIKELIHOODS[self.likelihood]
+
+    @property
+    def n_features(self) -> int:
+        return math.prod(self.input_shape)
+
+    @property
+    def is_image(self) -> bool:
+        return len(self.input_shape) == 2 or (
+            len(self.input_shape) == 3 and self.input_shape[-1] in (1, 3)
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["input_shape"] = list(self.input_shape)
+        d["decoder_output"] = self.decoder_output
+        return d
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2) + "\n"
+
+    @classmethod
+    def from_dict(cls, d: Any) -> Manifest:
+        _check(isinstance(d, dict), "the manifest is not a JSON object")
+        version = _get(d, "format_version", int)
+        _check(
+            version == FORMAT_VERSION,
+            f"manifest format_version {version} is not supported (this runtime reads "
+            f"{FORMAT_VERSION})",
+        )
+        likelihood = _get(d, "likelihood", str)
+        _check(likelihood in LIKELIHOODS, f"unknown likelihood {likelihood!r}")
+        _check(
+            d.get("decoder_output", LIKELIHOODS[likelihood]) == LIKELIHOODS[likelihood],
+            f"decoder_output must be {LIKELIHOODS[likelihood]!r} for a {likelihood} likelihood",
+        )
+        _check(_get(d, "input_dtype", str) == "float32", "input_dtype must be 'float32'")
+        shape = _get(d, "input_shape", list)
+        _check(
+            len(shape) >= 1 and all(_is_int(n) and n > 0 for n in shape),
+            "input_shape must be a list of positive integers",
+        )
+        latent_dim = _get(d, "latent_dim", int)
+        _check(latent_dim > 0, "latent_dim must be positive")
+        manifest = cls(
+            format_version=version,
+            input_shape=tuple(shape),
+            input_dtype="float32",
+            data_dtype=_get(d, "data_dtype", str),
+            preprocessing=_preprocessing(_get(d, "preprocessing", dict), math.prod(shape)),
+            likelihood=likelihood,
+            latent_dim=latent_dim,
+            encoder=_graph(_get(d, "encoder", dict), "encoder"),
+            decoder=_graph(_get(d, "decoder", dict), "decoder"),
+            opset=_get(d, "opset", int),
+            exporter=_get(d, "exporter", str),
+            versions=_get(d, "versions", dict),
+            parity=_get(d, "parity", dict),
+            training=_get(d, "training", dict),
+            threshold=_threshold(d.get("threshold")),
+        )
+        _check(
+            likelihood != "bernoulli" or manifest.preprocessing.kind == "scale",
+            "a bernoulli likelihood needs 'scale' preprocessing",
+        )
+        _check(
+            manifest.encoder.file != manifest.decoder.file,
+            "encoder and decoder must be different files",
+        )
+        return manifest
+
+
+def _check(condition: bool, message: str) -> None:
+    if not condition:
+        raise BundleError(f"invalid manifest: {message}")
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _get(d: dict, key: str, kind: type) -> Any:
+    _check(key in d, f"missing field {key!r}")
+    value = d[key]
+    ok = _is_int(value) if kind is int else isinstance(value, kind)
+    if kind is float:
+        ok = (_is_int(value) or isinstance(value, float)) and math.isfinite(value)
+    _check(ok, f"field {key!r} must be of type {kind.__name__}, got {type(value).__name__}")
+    return value
+
+
+def _numbers(d: dict, key: str, n: int) -> list[float]:
+    values = _get(d, key, list)
+    _check(
+        len(values) == n
+        and all((_is_int(v) or isinstance(v, float)) and math.isfinite(v) for v in values),
+        f"preprocessing.{key} must be a list of {n} finite numbers",
+    )
+    return [float(v) for v in values]
+
+
+def _preprocessing(d: dict, n_features: int) -> Preprocessing:
+    kind = _get(d, "kind", str)
+    if kind == "scale":
+        scale = float(_get(d, "scale", float))
+        _check(scale > 0, "preprocessing.scale must be positive")
+        return Preprocessing(kind="scale", scale=scale)
+    if kind == "standardize":
+        std = _numbers(d, "std", n_features)
+        _check(all(s > 0 for s in std), "preprocessing.std must be positive")
+        return Preprocessing(kind="standardize", mean=_numbers(d, "mean", n_features), std=std)
+    raise BundleError(f"invalid manifest: unknown preprocessing kind {kind!r}")
+
+
+def _graph(d: dict, name: str) -> Graph:
+    file = _get(d, "file", str)
+    _check(
+        file.endswith(".onnx") and "/" not in file and "\\" not in file and file[0] != ".",
+        f"{name}.file must be a plain .onnx file name inside the bundle",
+    )
+    sha = _get(d, "sha256", str)
+    _check(
+        len(sha) == 64 and all(c in "0123456789abcdef" for c in sha),
+        f"{name}.sha256 is not a sha256 hex digest",
+    )
+    inputs, outputs = _get(d, "inputs", list), _get(d, "outputs", list)
+    _check(
+        all(isinstance(s, str) for s in inputs + outputs),
+        f"{name}.inputs and {name}.outputs must be lists of names",
+    )
+    return Graph(file=file, sha256=sha, inputs=inputs, outputs=outputs)
+
+
+def _threshold(d: Any) -> Threshold | None:
+    if d is None:
+        return None
+    _check(isinstance(d, dict), "threshold must be an object or null")
+    samples, seed = d.get("samples", 0), d.get("seed", 0)
+    _check(_is_int(samples) and samples >= 0, "threshold.samples must be an integer >= 0")
+    _check(_is_int(seed) and seed >= 0, "threshold.seed must be an integer >= 0")
+    return Threshold(
+        value=float(_get(d, "value", float)),
+        samples=samples,
+        seed=seed,
+        source=str(d.get("source", "")),
+    )
+
+
+def read_manifest(text: str, where: str) -> Manifest:
+    try:
+        data = json.loads(text)
+    except ValueError as e:
+        raise BundleError(f"{where}: not valid JSON ({e})") from None
+    try:
+        return Manifest.from_dict(data)
+    except BundleError as e:
+        raise BundleError(f"{where}: {e}") from None

@@ -1,0 +1,312 @@
+"""EdgeVAE: a VAE bundle run with onnxruntime and NumPy only.
+
+Data path: raw array -> validated once (shape, dtype, finite, range) -> preprocessed as in
+training (from the manifest) -> encoder graph -> z = mu + exp(logvar / 2) * eps with eps
+from a seeded NumPy Generator -> decoder graph -> negative log-likelihood per sample.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+from vae_edge.runtime.errors import BundleError, InputError
+from vae_edge.runtime.manifest import MANIFEST_FILE, Manifest, read_manifest
+
+DEFAULT_SEED = 0  # seed=None means this, so score() and predict() agree call after call
+DEFAULT_BATCH_SIZE = 1024
+HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
+
+
+def default_model_dir():
+    """The MNIST bundle shipped inside the package (see `make model`)."""
+    return resources.files("vae_edge.runtime") / "default_model"
+
+
+class EdgeVAE:
+    """A loaded bundle. Build it with `EdgeVAE.load`; the two sessions are made once."""
+
+    def __init__(
+        self,
+        manifest: Manifest,
+        encoder: ort.InferenceSession,
+        decoder: ort.InferenceSession,
+        source: str = "",
+        batch_size: int = DEFAULT_BATCH_SIZE,
+    ):
+        self.manifest = manifest
+        self.source = source
+        self.batch_size = batch_size
+        self._encoder = encoder
+        self._decoder = decoder
+        self._x_name = encoder.get_inputs()[0].name
+        self._z_name = decoder.get_inputs()[0].name
+        self._encoder_outputs = manifest.encoder.outputs
+        self._decoder_outputs = manifest.decoder.outputs[:1]
+
+    @classmethod
+    def load(
+        cls, path: str | Path | None = None, device: str = "cpu", threads: int | None = None
+    ) -> EdgeVAE:
+        """Load a bundle directory (None = the default MNIST model shipped in the package).
+
+        device: "cpu" or "cuda" (needs onnxruntime-gpu; refused loudly if CUDA is not active).
+        threads: intra-op threads per session; None lets onnxruntime choose.
+        """
+        directory = default_model_dir() if path is None else Path(path)
+        where = "default model" if path is None else str(path)
+        if path is not None and not Path(path).is_dir():
+            raise BundleError(f"{where}: not a model bundle directory")
+        manifest_file = directory / MANIFEST_FILE
+        if not manifest_file.is_file():
+            raise BundleError(f"{where}: not a model bundle (no {MANIFEST_FILE})")
+        manifest = read_manifest(manifest_file.read_text(encoding="utf-8"), where)
+        if threads is not None and threads < 1:
+            raise InputError(f"threads must be >= 1, got {threads}")
+        providers = _providers(device)
+        options = ort.SessionOptions()
+        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        options.inter_op_num_threads = 1
+        if threads is not None:
+            options.intra_op_num_threads = threads
+        sessions = []
+        for graph in (manifest.encoder, manifest.decoder):
+            model = _verified_bytes(directory / graph.file, graph.sha256, where)
+            try:
+                session = ort.InferenceSession(model, options, providers=providers)
+            except Exception as e:  # onnxruntime raises its own untyped errors
+                raise BundleError(f"{where}: {graph.file} is not a loadable ONNX graph ({e})")
+            _check_signature(session, graph, manifest, where)
+            if device == "cuda" and "CUDAExecutionProvider" not in session.get_providers():
+                raise BundleError(f"{where}: CUDA was requested but onnxruntime fell back to CPU")
+            sessions.append(session)
+        return cls(manifest, *sessions, source=where)
+
+    # -- public surface -------------------------------------------------------------------
+
+    @property
+    def threshold(self) -> float | None:
+        """The anomaly threshold stored in the manifest, or None."""
+        t = self.manifest.threshold
+        return None if t is None else t.value
+
+    def encode(self, x) -> tuple[np.ndarray, np.ndarray]:
+        """Posterior parameters (mu, logvar), each (N, latent_dim)."""
+        xp = self.preprocess(x)
+        parts = [self._encode(xp[i : i + self.batch_size]) for i in self._starts(len(xp))]
+        return _join(parts, 0, (0, self.manifest.latent_dim)), _join(
+            parts, 1, (0, self.manifest.latent_dim)
+        )
+
+    def decode(self, z) -> np.ndarray:
+        """Decoder mean in the input's units, (N, *input_shape)."""
+        z = _as_array(z, "z")
+        if z.ndim != 2 or z.shape[1] != self.manifest.latent_dim:
+            raise InputError(
+                f"z must have shape (N, {self.manifest.latent_dim}), got {tuple(z.shape)}"
+            )
+        _require_finite(z, "z")
+        z = np.ascontiguousarray(z, dtype=np.float32)
+        out = [self._decode(z[i : i + self.batch_size]) for i in self._starts(len(z))]
+        return self._to_data(np.concatenate(out) if out else self._empty())
+
+    def sample(self, n: int, seed: int | None = None) -> np.ndarray:
+        """n new samples: z ~ N(0, I) drawn with NumPy, decoded to the input's units."""
+        n = _positive_int(n, "n")
+        rng = _rng(seed)
+        return self.decode(rng.standard_normal((n, self.manifest.latent_dim), dtype=np.float32))
+
+    def reconstruct(self, x, seed: int | None = None) -> np.ndarray:
+        """Encode, draw one z per sample, decode: (N, *input_shape) in the input's units."""
+        xp = self.preprocess(x)
+        rng = _rng(seed)
+        out = []
+        for i in self._starts(len(xp)):
+            mu, logvar = self._encode(xp[i : i + self.batch_size])
+            out.append(self._decode(draw_latents(mu, logvar, 1, rng).reshape(mu.shape)))
+        return self._to_data(np.concatenate(out) if out else self._empty())
+
+    def score(self, x, samples: int = 1, seed: int | None = None) -> np.ndarray:
+        """Reconstruction loss per sample, (N,) float32: the negative log-likelihood of x
+        under the decoder, in nats, the same units as the training loss's first term.
+
+        samples=0 decodes z = mu (deterministic); samples=L averages the loss over L draws
+        z = mu + exp(logvar / 2) * eps (encoder once, decoder once on all L draws).
+        """
+        if not isinstance(samples, (int, np.integer)) or isinstance(samples, bool) or samples < 0:
+            raise InputError(f"samples must be an integer >= 0, got {samples!r}")
+        xp = self.preprocess(x)
+        rng = _rng(seed)
+        rows = max(1, self.batch_size // max(samples, 1))
+        out = []
+        for i in range(0, len(xp), rows):
+            out.append(self._score(xp[i : i + rows], samples, rng))
+        return np.concatenate(out) if out else np.zeros(0, np.float32)
+
+    def predict(self, x) -> np.ndarray:
+        """True where score > threshold, with the scoring settings stored with the threshold."""
+        t = self.manifest.threshold
+        if t is None:
+            raise BundleError(f"{self.source}: the model has no threshold; predict needs one")
+        return self.score(x, samples=t.samples, seed=t.seed) > t.value
+
+    # -- internals ------------------------------------------------------------------------
+
+    def _starts(self, n: int) -> range:
+        return range(0, n, self.batch_size)
+
+    def _empty(self) -> np.ndarray:
+        return np.zeros((0, *self.manifest.input_shape), np.float32)
+
+    def _encode(self, xp: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        mu, logvar = self._encoder.run(self._encoder_outputs, {self._x_name: xp})
+        return mu, logvar
+
+    def _decode(self, z: np.ndarray) -> np.ndarray:
+        return self._decoder.run(self._decoder_outputs, {self._z_name: z})[0]
+
+    def _score(self, xp: np.ndarray, samples: int, rng: np.random.Generator) -> np.ndarray:
+        mu, logvar = self._encode(xp)
+        if samples == 0:
+            return self.nll(xp, self._decode(mu))
+        z = draw_latents(mu, logvar, samples, rng)  # (n, L, k)
+        params = self._decode(z.reshape(-1, z.shape[-1]))
+        repeated = np.repeat(xp, samples, axis=0)
+        return self.nll(repeated, params).reshape(len(xp), samples).mean(axis=1)
+
+    def nll(self, xp: np.ndarray, params: np.ndarray) -> np.ndarray:
+        """Negative log-likelihood per row of preprocessed x given decoder output."""
+        axes = tuple(range(1, xp.ndim))
+        if self.manifest.likelihood == "bernoulli":
+            # BCE with logits, stable form: softplus(l) - x * l
+            elementwise = np.logaddexp(np.float32(0), params) - xp * params
+            return elementwise.sum(axis=axes, dtype=np.float32)
+        sq = np.square(xp - params)
+        return (0.5 * sq.sum(axis=axes, dtype=np.float32) + HALF_LOG_2PI * xp[0].size).astype(
+            np.float32
+        )
+
+    def preprocess(self, x) -> np.ndarray:
+        """Validate raw input once and preprocess it to the encoder's float32 input, exactly
+        as training did."""
+        m = self.manifest
+        x = _as_array(x, "input")
+        shape = m.input_shape
+        if x.shape == shape:
+            x = x[None]  # one sample
+        elif x.ndim == 2 and len(shape) > 1 and x.shape[1] == m.n_features:
+            x = x.reshape(len(x), *shape)  # flat rows, e.g. from a CSV
+        if x.shape[1:] != shape:
+            raise InputError(
+                f"input has shape {tuple(x.shape)}; this model takes samples of shape "
+                f"{shape} (arrays (N, {', '.join(map(str, shape))})"
+                + (f" or (N, {m.n_features})" if len(shape) > 1 else "")
+                + ")"
+            )
+        _require_finite(x, "input")
+        xp = m.preprocessing.apply(x)
+        if m.likelihood == "bernoulli" and xp.size and (xp.min() < 0 or xp.max() > 1):
+            high = float(m.preprocessing.invert(np.ones(1, np.float32))[0])
+            raise InputError(
+                f"input values must lie in [0, {high:g}] for this model "
+                f"(found {float(x.min()):g} to {float(x.max()):g})"
+            )
+        return np.ascontiguousarray(xp, dtype=np.float32)
+
+    def _to_data(self, params: np.ndarray) -> np.ndarray:
+        if self.manifest.likelihood == "bernoulli":
+            params = 1 / (1 + np.exp(-params))  # logits -> Bernoulli means
+        return self.manifest.preprocessing.invert(params)
+
+
+def draw_latents(mu: np.ndarray, logvar: np.ndarray, samples: int, rng) -> np.ndarray:
+    """z = mu + exp(logvar / 2) * eps, eps ~ N(0, I), shape (N, samples, k).
+
+    eps is drawn row by row (shape (N, samples, k), C order), so scoring N rows in one
+    batch or in several uses the same eps for each row.
+    """
+    eps = rng.standard_normal((mu.shape[0], samples, mu.shape[1]), dtype=np.float32)
+    return mu[:, None, :] + np.exp(0.5 * logvar)[:, None, :] * eps
+
+
+def _rng(seed: int | None) -> np.random.Generator:
+    seed = DEFAULT_SEED if seed is None else seed
+    if not isinstance(seed, (int, np.integer)) or isinstance(seed, bool) or seed < 0:
+        raise InputError(f"seed must be an integer >= 0, got {seed!r}")
+    return np.random.default_rng(int(seed))
+
+
+def _positive_int(n, name: str) -> int:
+    if not isinstance(n, (int, np.integer)) or isinstance(n, bool) or n < 1:
+        raise InputError(f"{name} must be a positive integer, got {n!r}")
+    return int(n)
+
+
+def _as_array(x, name: str) -> np.ndarray:
+    try:
+        x = np.asarray(x)
+    except (ValueError, TypeError) as e:
+        raise InputError(f"{name} is not a numeric array ({e})") from None
+    if x.dtype.kind not in "uif":
+        raise InputError(f"{name} has dtype {x.dtype}; numbers (int or float) are required")
+    if x.ndim == 0:
+        raise InputError(f"{name} is a scalar; an array of samples is required")
+    return x
+
+
+def _require_finite(x: np.ndarray, name: str) -> None:
+    if x.dtype.kind == "f" and not np.isfinite(x).all():
+        bad = np.argwhere(~np.isfinite(x))[0]
+        raise InputError(f"{name} has NaN or infinite values (first at index {tuple(bad)})")
+
+
+def _join(parts, which: int, empty_shape) -> np.ndarray:
+    return np.concatenate([p[which] for p in parts]) if parts else np.zeros(empty_shape, np.float32)
+
+
+def _providers(device: str) -> list:
+    if device == "cpu":
+        return ["CPUExecutionProvider"]
+    if device == "cuda":
+        if "CUDAExecutionProvider" not in ort.get_available_providers():
+            raise BundleError(
+                "device 'cuda' needs onnxruntime-gpu with a working CUDA; available "
+                f"providers: {', '.join(ort.get_available_providers())}"
+            )
+        return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    raise InputError(f"device must be 'cpu' or 'cuda', got {device!r}")
+
+
+def _verified_bytes(file, sha256: str, where: str) -> bytes:
+    """Read a graph and check it against the manifest's hash before onnxruntime sees it."""
+    if not file.is_file():
+        raise BundleError(f"{where}: missing graph file {file.name}")
+    data = file.read_bytes()
+    if hashlib.sha256(data).hexdigest() != sha256:
+        raise BundleError(f"{where}: {file.name} does not match the sha256 in {MANIFEST_FILE}")
+    return data
+
+
+def _check_signature(session, graph, manifest: Manifest, where: str) -> None:
+    inputs = [i.name for i in session.get_inputs()]
+    outputs = [o.name for o in session.get_outputs()]
+    if inputs != graph.inputs or outputs != graph.outputs:
+        raise BundleError(
+            f"{where}: {graph.file} has inputs {inputs} and outputs {outputs}; the manifest "
+            f"says {graph.inputs} and {graph.outputs}"
+        )
+    is_encoder = graph is manifest.encoder
+    first_in = session.get_inputs()[0].shape[1:]
+    expected_in = list(manifest.input_shape) if is_encoder else [manifest.latent_dim]
+    out = session.get_outputs()[0].shape[1:]
+    expected_out = [manifest.latent_dim] if is_encoder else list(manifest.input_shape)
+    if first_in != expected_in or out != expected_out:
+        raise BundleError(
+            f"{where}: {graph.file} takes {first_in} and gives {out} per sample; the manifest "
+            f"says {expected_in} and {expected_out} (graphs from a different model?)"
+        )
