@@ -12,7 +12,6 @@ import sys
 from pathlib import Path
 
 import click
-
 from vae_edge.runtime.errors import VAEEdgeError
 
 SCORE_FORMATS = (".csv", ".npy", ".jsonl")
@@ -47,11 +46,19 @@ def cli():
 @click.option("--epochs", type=click.IntRange(min=1), default=10, show_default=True)
 @click.option("--batch-size", type=click.IntRange(min=1), default=128, show_default=True)
 @click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=1e-3, show_default=True)
-@click.option("--latent-dim", type=click.IntRange(min=1), help="Default: from the data (20 for MNIST).")
-@click.option("--hidden", help="Hidden layer sizes, comma separated, e.g. 512,256. Default: from the data.")
-@click.option("--likelihood", type=click.Choice(["bernoulli", "gaussian"]), help="Default: from the data.")
+@click.option(
+    "--latent-dim", type=click.IntRange(min=1), help="Default: from the data (20 for MNIST)."
+)
+@click.option(
+    "--hidden", help="Hidden layer sizes, comma separated, e.g. 512,256. Default: from the data."
+)
+@click.option(
+    "--likelihood", type=click.Choice(["bernoulli", "gaussian"]), help="Default: from the data."
+)
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
-@click.option("--val-fraction", type=click.FloatRange(0, 1, max_open=True), default=0.1, show_default=True)
+@click.option(
+    "--val-fraction", type=click.FloatRange(0, 1, max_open=True), default=0.1, show_default=True
+)
 @click.option("--normal-class", type=int, help="Train only on samples with this label.")
 @click.option("--quiet", is_flag=True, help="No progress bar or per-epoch lines.")
 def train(data, run_dir, hidden, quiet, **options):
@@ -61,7 +68,9 @@ def train(data, run_dir, hidden, quiet, **options):
         try:
             hidden = tuple(int(h) for h in hidden.split(","))
         except ValueError:
-            raise click.BadParameter(f"{hidden!r} is not a list of integers", param_hint="--hidden")
+            raise click.BadParameter(
+                f"{hidden!r} is not a list of integers", param_hint="--hidden"
+            ) from None
         if any(h < 1 for h in hidden):
             raise click.BadParameter("sizes must be positive", param_hint="--hidden")
     config = train_module.train(data, run_dir, hidden=hidden, progress=not quiet, **options)
@@ -89,7 +98,9 @@ def export(run_dir, model_dir, force):
         "parity vs PyTorch at batch sizes "
         + ", ".join(map(str, p["batch_sizes"]))
         + ": max |diff| "
-        + ", ".join(f"{k} {p['max_abs_diff_' + k]:.2e}" for k in ("mu", "logvar", "decoder", "score"))
+        + ", ".join(
+            f"{k} {p['max_abs_diff_' + k]:.2e}" for k in ("mu", "logvar", "decoder", "score")
+        )
     )
 
 
@@ -165,9 +176,11 @@ def info(model_dir):
         f"encoder.onnx  sha256 {m.encoder.sha256}",
         f"decoder.onnx  sha256 {m.decoder.sha256}",
         f"exporter      {m.exporter}, opset {m.opset}",
-        "parity        " + ", ".join(
+        "parity        "
+        + ", ".join(
             f"{k.removeprefix('max_abs_diff_')} {v:.2e}"
-            for k, v in m.parity.items() if k.startswith("max_abs_diff_")
+            for k, v in m.parity.items()
+            if k.startswith("max_abs_diff_")
         ),  # fmt: skip
         f"threshold     {'none' if m.threshold is None else m.threshold.value}",
     ]
@@ -207,7 +220,6 @@ def _suffix(path: Path, allowed) -> str:
 
 def _write(output: Path, samples, model, suffix: str) -> None:
     import numpy as np
-
     from vae_edge.runtime.data import atomic_output, image_grid, write_png
 
     with atomic_output(output) as tmp:
@@ -229,7 +241,6 @@ def _csv(scores, flags) -> str:
 
 def _write_scores(output: Path, suffix: str, scores, flags) -> None:
     import numpy as np
-
     from vae_edge.runtime.data import atomic_output
 
     with atomic_output(output) as tmp:

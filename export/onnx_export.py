@@ -9,7 +9,6 @@ The bundle is built in a temporary directory and moved into place only if every 
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import os
 import shutil
@@ -22,10 +21,9 @@ import numpy as np
 import onnx
 import onnxruntime
 import torch
-
 from vae_edge.runtime.data import umask
 from vae_edge.runtime.errors import InputError, VAEEdgeError
-from vae_edge.runtime.manifest import MANIFEST_FILE, FORMAT_VERSION, Graph, Manifest
+from vae_edge.runtime.manifest import FORMAT_VERSION, MANIFEST_FILE, Graph, Manifest
 from vae_edge.runtime.model import EdgeVAE, draw_latents
 from vae_edge.training.model import VAE, reconstruction_nll
 from vae_edge.training.train import load_run
@@ -168,7 +166,7 @@ def check_parity(vae: VAE, edge: EdgeVAE, seed: int = 0) -> dict[str, float]:
     """Compare onnxruntime (through the runtime) with PyTorch; raise ExportError beyond
     rtol 1e-4 / atol 1e-5. Returns the max absolute differences."""
     rng = np.random.default_rng(seed)
-    shape, k = edge.manifest.input_shape, edge.manifest.latent_dim
+    k = edge.manifest.latent_dim
     worst = {"mu": 0.0, "logvar": 0.0, "decoder": 0.0, "score": 0.0}
     for n in PARITY_BATCHES:
         raw = edge.manifest.preprocessing.invert(_example_inputs(edge, rng, n))

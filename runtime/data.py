@@ -7,13 +7,13 @@ from __future__ import annotations
 
 import os
 import tempfile
+import warnings
 import zipfile
 from contextlib import contextmanager
 from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
-
 from vae_edge.runtime.errors import InputError
 
 SUFFIXES = (".npz", ".npy", ".csv", ".png")
@@ -74,6 +74,9 @@ def _existing(path: str | Path) -> Path:
 
 
 def _npy(path: Path) -> np.ndarray:
+    with open(path, "rb") as f:
+        if f.read(6) != b"\x93NUMPY":
+            raise InputError(f"{path}: not a valid .npy file (no NPY header)")
     try:
         return np.load(path, allow_pickle=False)
     except ValueError as e:
@@ -111,7 +114,9 @@ def _csv(path: Path) -> np.ndarray:
         raise InputError(f"{path}: empty CSV file")
     header = not _is_numeric_row(first)
     try:
-        x = np.loadtxt(path, delimiter=",", skiprows=int(header), dtype=np.float64, ndmin=2)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # "input contained no data": reported below
+            x = np.loadtxt(path, delimiter=",", skiprows=int(header), dtype=np.float64, ndmin=2)
     except ValueError as e:
         raise InputError(f"{path}: {_first_line(e)} (only numbers are accepted)") from None
     if x.size == 0:

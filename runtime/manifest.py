@@ -15,7 +15,6 @@ from functools import cached_property
 from typing import Any
 
 import numpy as np
-
 from vae_edge.runtime.errors import BundleError
 
 FORMAT_VERSION = 1
@@ -175,18 +174,19 @@ def _is_int(v: Any) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
 
 
-def _get(d: dict, key: str, kind: type) -> Any:
-    _check(key in d, f"missing field {key!r}")
+def _get(d: dict, key: str, kind: type, parent: str = "") -> Any:
+    name = f"{parent}.{key}" if parent else key
+    _check(key in d, f"missing field {name!r}")
     value = d[key]
     ok = _is_int(value) if kind is int else isinstance(value, kind)
     if kind is float:
         ok = (_is_int(value) or isinstance(value, float)) and math.isfinite(value)
-    _check(ok, f"field {key!r} must be of type {kind.__name__}, got {type(value).__name__}")
+    _check(ok, f"field {name!r} must be of type {kind.__name__}, got {type(value).__name__}")
     return value
 
 
 def _numbers(d: dict, key: str, n: int) -> list[float]:
-    values = _get(d, key, list)
+    values = _get(d, key, list, "preprocessing")
     _check(
         len(values) == n
         and all((_is_int(v) or isinstance(v, float)) and math.isfinite(v) for v in values),
@@ -196,9 +196,9 @@ def _numbers(d: dict, key: str, n: int) -> list[float]:
 
 
 def _preprocessing(d: dict, n_features: int) -> Preprocessing:
-    kind = _get(d, "kind", str)
+    kind = _get(d, "kind", str, "preprocessing")
     if kind == "scale":
-        scale = float(_get(d, "scale", float))
+        scale = float(_get(d, "scale", float, "preprocessing"))
         _check(scale > 0, "preprocessing.scale must be positive")
         return Preprocessing(kind="scale", scale=scale)
     if kind == "standardize":
@@ -209,17 +209,17 @@ def _preprocessing(d: dict, n_features: int) -> Preprocessing:
 
 
 def _graph(d: dict, name: str) -> Graph:
-    file = _get(d, "file", str)
+    file = _get(d, "file", str, name)
     _check(
         file.endswith(".onnx") and "/" not in file and "\\" not in file and file[0] != ".",
         f"{name}.file must be a plain .onnx file name inside the bundle",
     )
-    sha = _get(d, "sha256", str)
+    sha = _get(d, "sha256", str, name)
     _check(
         len(sha) == 64 and all(c in "0123456789abcdef" for c in sha),
         f"{name}.sha256 is not a sha256 hex digest",
     )
-    inputs, outputs = _get(d, "inputs", list), _get(d, "outputs", list)
+    inputs, outputs = _get(d, "inputs", list, name), _get(d, "outputs", list, name)
     _check(
         all(isinstance(s, str) for s in inputs + outputs),
         f"{name}.inputs and {name}.outputs must be lists of names",
@@ -235,7 +235,7 @@ def _threshold(d: Any) -> Threshold | None:
     _check(_is_int(samples) and samples >= 0, "threshold.samples must be an integer >= 0")
     _check(_is_int(seed) and seed >= 0, "threshold.seed must be an integer >= 0")
     return Threshold(
-        value=float(_get(d, "value", float)),
+        value=float(_get(d, "value", float, "threshold")),
         samples=samples,
         seed=seed,
         source=str(d.get("source", "")),

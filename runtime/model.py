@@ -14,7 +14,6 @@ from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
-
 from vae_edge.runtime.errors import BundleError, InputError
 from vae_edge.runtime.manifest import MANIFEST_FILE, Manifest, read_manifest
 
@@ -80,7 +79,10 @@ class EdgeVAE:
             try:
                 session = ort.InferenceSession(model, options, providers=providers)
             except Exception as e:  # onnxruntime raises its own untyped errors
-                raise BundleError(f"{where}: {graph.file} is not a loadable ONNX graph ({e})")
+                first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+                raise BundleError(
+                    f"{where}: {graph.file} is not a loadable ONNX graph ({first_line})"
+                ) from None
             _check_signature(session, graph, manifest, where)
             if device == "cuda" and "CUDAExecutionProvider" not in session.get_providers():
                 raise BundleError(f"{where}: CUDA was requested but onnxruntime fell back to CPU")

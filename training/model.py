@@ -42,7 +42,7 @@ class VAE(nn.Module):
 
 def _mlp(sizes):
     layers = []
-    for a, b in zip(sizes, sizes[1:]):
+    for a, b in zip(sizes[:-1], sizes[1:], strict=True):
         layers += [nn.Linear(a, b), nn.ReLU()]
     return layers
 

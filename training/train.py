@@ -17,7 +17,6 @@ from pathlib import Path
 import click
 import numpy as np
 import torch
-
 from vae_edge.runtime.data import atomic_output, read_data
 from vae_edge.runtime.errors import InputError
 from vae_edge.runtime.manifest import Preprocessing
@@ -46,7 +45,9 @@ def choose_likelihood(x: np.ndarray, likelihood: str | None = None) -> tuple[str
                 "the bernoulli likelihood needs uint8 data or values in [0, 1] "
                 f"(found {float(x.min()):g} to {float(x.max()):g}); use gaussian"
             )
-        return likelihood, Preprocessing(kind="scale", scale=1 / 255 if x.dtype == np.uint8 else 1.0)
+        return likelihood, Preprocessing(
+            kind="scale", scale=1 / 255 if x.dtype == np.uint8 else 1.0
+        )
     if likelihood != "gaussian":
         raise InputError(f"unknown likelihood {likelihood!r} (use bernoulli or gaussian)")
     flat = x.reshape(len(x), -1).astype(np.float64)
@@ -248,7 +249,9 @@ def load_run(run_dir: str | Path) -> tuple[VAE, dict]:
     run_dir = Path(run_dir)
     config_file, checkpoint = run_dir / CONFIG_FILE, run_dir / CHECKPOINT_FILE
     if not config_file.is_file() or not checkpoint.is_file():
-        raise InputError(f"{run_dir}: not a training run (needs {CONFIG_FILE} and {CHECKPOINT_FILE})")
+        raise InputError(
+            f"{run_dir}: not a training run (needs {CONFIG_FILE} and {CHECKPOINT_FILE})"
+        )
     try:
         config = json.loads(config_file.read_text())
     except ValueError as e:

@@ -1,0 +1,141 @@
+"""The `vae-edge` command: a real round trip, and one-line errors for bad input."""
+
+import json
+
+import numpy as np
+import pytest
+from conftest import run_cli
+from PIL import Image
+
+
+def test_round_trip_train_export_sample_score(mnist_small, tmp_path):
+    run, bundle = tmp_path / "run", tmp_path / "bundle"
+    r = run_cli("train", "--data", mnist_small, "--out", run, "--epochs", "1",
+                "--hidden", "64", "--latent-dim", "4", "--quiet")  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    assert "test loss" in r.stdout
+    r = run_cli("export", run, "--out", bundle)
+    assert r.returncode == 0, r.stderr
+    assert "parity vs PyTorch" in r.stdout
+
+    r = run_cli("sample", "--model", bundle, "-n", "9", "--seed", "1", "-o", tmp_path / "s.png")
+    assert r.returncode == 0, r.stderr
+    assert Image.open(tmp_path / "s.png").size == (3 * 30 + 2, 3 * 30 + 2)
+    run_cli("sample", "--model", bundle, "-n", "9", "--seed", "1", "-o", tmp_path / "s.npy")
+    samples = np.load(tmp_path / "s.npy")
+    assert samples.shape == (9, 28, 28)
+
+    with np.load(mnist_small) as f:
+        np.save(tmp_path / "digits.npy", f["x_test"][:30])
+    r = run_cli("score", "--model", bundle, tmp_path / "digits.npy", "-o", tmp_path / "s.csv")
+    assert r.returncode == 0, r.stderr
+    lines = (tmp_path / "s.csv").read_text().splitlines()
+    assert lines[0] == "index,score" and len(lines) == 31
+    csv_scores = np.array([float(line.split(",")[1]) for line in lines[1:]])
+
+    run_cli("score", "--model", bundle, tmp_path / "digits.npy", "-o", tmp_path / "s.npy")
+    np.testing.assert_allclose(np.load(tmp_path / "s.npy"), csv_scores, rtol=1e-6)
+    run_cli("score", "--model", bundle, tmp_path / "digits.npy", "-o", tmp_path / "s.jsonl")
+    rows = [json.loads(line) for line in (tmp_path / "s.jsonl").read_text().splitlines()]
+    assert [r["index"] for r in rows] == list(range(30))
+
+    from vae_edge.runtime import EdgeVAE
+
+    expected = EdgeVAE.load(bundle).score(np.load(tmp_path / "digits.npy"), samples=1, seed=0)
+    np.testing.assert_allclose(csv_scores, expected, rtol=1e-6)
+
+    r = run_cli("info", bundle)
+    assert r.returncode == 0 and "CPUExecutionProvider" in r.stdout and "sha256" in r.stdout
+
+
+def test_score_marks_anomalies_when_the_model_has_a_threshold(mnist_bundle, mnist_small, tmp_path):
+    import shutil
+
+    from vae_edge.runtime import EdgeVAE
+
+    bundle = tmp_path / "b"
+    shutil.copytree(mnist_bundle, bundle)
+    with np.load(mnist_small) as f:
+        digits = f["x_test"][:2].astype(np.float64)
+    noise = np.random.default_rng(0).uniform(0, 255, (2, 28, 28))
+    x = np.concatenate([digits, noise])
+    scores = EdgeVAE.load(bundle).score(x, samples=1, seed=0)
+    assert scores[:2].max() < scores[2:].min()
+    m = json.loads((bundle / "vae.json").read_text())
+    m["threshold"] = {"value": float(scores[:2].max() + scores[2:].min()) / 2, "samples": 1}
+    (bundle / "vae.json").write_text(json.dumps(m))
+    np.save(tmp_path / "x.npy", x)
+    r = run_cli("score", "--model", bundle, tmp_path / "x.npy")
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    assert lines[0] == "index,score,is_anomaly"
+    assert [line.split(",")[2] for line in lines[1:]] == ["0", "0", "1", "1"]
+
+
+def test_default_model_works_without_model_option(tmp_path):
+    r = run_cli("sample", "-n", "4", "-o", tmp_path / "s.npy")
+    assert r.returncode == 0, r.stderr
+    r = run_cli("score", tmp_path / "s.npy", "--samples", "0")
+    assert r.returncode == 0, r.stderr
+    assert len(r.stdout.splitlines()) == 5
+
+
+def _assert_one_line_error(r, *fragments):
+    assert r.returncode == 2, (r.stdout, r.stderr)
+    assert r.stderr.count("\n") == 1 and r.stderr.startswith("vae-edge: error: "), r.stderr
+    assert "Traceback" not in r.stderr
+    for fragment in fragments:
+        assert fragment in r.stderr
+
+
+@pytest.fixture
+def files(tmp_path):
+    np.save(tmp_path / "good.npy", np.zeros((3, 28, 28), np.uint8))
+    np.save(tmp_path / "shape.npy", np.zeros((3, 20, 20)))
+    x = np.zeros((3, 28, 28))
+    x[1, 2, 3] = np.nan
+    np.save(tmp_path / "nan.npy", x)
+    (tmp_path / "text.csv").write_text("1,2\nx,3\n")
+    return tmp_path
+
+
+@pytest.mark.parametrize(
+    "args, fragments",
+    [
+        (["score", "{d}/shape.npy"], ["shape (3, 20, 20)", "(28, 28)"]),
+        (["score", "{d}/nan.npy"], ["NaN"]),
+        (["score", "{d}/missing.npy"], ["missing.npy: no such file"]),
+        (["score", "{d}/text.csv"], ["text.csv", "only numbers"]),
+        (["score", "--model", "{d}", "{d}/good.npy"], ["not a model bundle"]),
+        (["score", "{d}/good.npy", "--samples", "-1"], ["--samples"]),
+        (["score", "{d}/good.npy", "--batch-size", "0"], ["--batch-size"]),
+        (["score", "{d}/good.npy", "-o", "{d}/out.txt"], ["must end in"]),
+        (["score", "{d}/good.npy", "-o", "{d}/nodir/out.csv"], ["does not exist"]),
+        (["sample", "-n", "0", "-o", "{d}/out.png"], ["-n"]),
+        (["sample", "-n", "-3", "-o", "{d}/out.png"], ["-n"]),
+        (["sample", "-n", "2", "-o", "{d}/nodir/out.png"], ["does not exist"]),
+        (["train", "--data", "{d}/missing.npz", "--out", "{d}/run"], ["no such file"]),
+        (["export", "{d}", "--out", "{d}/out"], ["not a training run"]),
+        (["info", "{d}/missing"], ["not a model bundle"]),
+        (["frobnicate"], ["No such command"]),
+    ],
+)
+def test_bad_input_gives_one_line_exit_2_and_no_output(files, args, fragments):
+    before = set(files.rglob("*"))
+    r = run_cli(*[a.format(d=files) for a in args])
+    _assert_one_line_error(r, *fragments)
+    assert set(files.rglob("*")) == before  # nothing written, not even a partial file
+
+
+def test_failed_score_keeps_the_previous_output(files):
+    (files / "out.csv").write_text("previous\n")
+    r = run_cli("score", files / "nan.npy", "-o", files / "out.csv")
+    _assert_one_line_error(r, "NaN")
+    assert (files / "out.csv").read_text() == "previous\n"
+
+
+def test_help_is_fast_and_lists_commands():
+    r = run_cli("--help")
+    assert r.returncode == 0
+    for command in ("train", "export", "sample", "score", "info"):
+        assert command in r.stdout

@@ -1,0 +1,100 @@
+"""Export: two graphs, no random op, symbolic batch, parity with PyTorch, manifest contents."""
+
+import hashlib
+import json
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from vae_edge.export.onnx_export import RANDOM_OPS, ExportError, check_parity, export_run
+from vae_edge.runtime import EdgeVAE
+from vae_edge.runtime.errors import InputError
+from vae_edge.training.train import load_run
+
+
+def test_bundle_has_two_graphs_and_a_manifest_with_their_hashes(mnist_bundle):
+    assert sorted(p.name for p in mnist_bundle.iterdir()) == [
+        "decoder.onnx", "encoder.onnx", "vae.json"
+    ]  # fmt: skip
+    m = json.loads((mnist_bundle / "vae.json").read_text())
+    for name in ("encoder", "decoder"):
+        digest = hashlib.sha256((mnist_bundle / f"{name}.onnx").read_bytes()).hexdigest()
+        assert m[name]["sha256"] == digest
+    assert m["encoder"]["inputs"] == ["x"] and m["encoder"]["outputs"] == ["mu", "logvar"]
+    assert m["decoder"]["inputs"] == ["z"] and m["decoder"]["outputs"] == ["x"]
+    assert m["input_shape"] == [28, 28] and m["latent_dim"] == 8
+    assert m["likelihood"] == "bernoulli" and m["decoder_output"] == "logits"
+    assert m["preprocessing"] == {"kind": "scale", "scale": 1 / 255, "mean": None, "std": None}
+    assert m["opset"] == 18 and "dynamo=True" in m["exporter"]
+    assert {"torch", "onnx", "onnxruntime", "numpy"} <= m["versions"].keys()
+    assert "test_loss" in m["training"]["summary"]
+
+
+def test_graphs_have_no_random_op_and_a_symbolic_batch(mnist_bundle):
+    for name in ("encoder", "decoder"):
+        model = onnx.load(str(mnist_bundle / f"{name}.onnx"))
+        onnx.checker.check_model(model, full_check=True)
+        assert not {n.op_type for n in model.graph.node} & RANDOM_OPS
+        for value in [*model.graph.input, *model.graph.output]:
+            assert value.type.tensor_type.shape.dim[0].dim_param
+
+
+def test_parity_figures_are_recorded_within_tolerance(mnist_bundle):
+    parity = json.loads((mnist_bundle / "vae.json").read_text())["parity"]
+    assert parity["batch_sizes"] == [1, 2, 3, 64]
+    for key in ("mu", "logvar", "decoder", "score"):
+        assert 0 <= parity[f"max_abs_diff_{key}"] < 1e-2
+
+
+@pytest.mark.parametrize("batch", [1, 5, 130])
+def test_onnx_matches_pytorch_on_real_digits(mnist_run, mnist_bundle, mnist_small, batch):
+    vae, _ = load_run(mnist_run)
+    edge = EdgeVAE.load(mnist_bundle)
+    with np.load(mnist_small) as f:
+        x = f["x_test"][:batch]
+    xp = edge.preprocess(x)
+    with torch.no_grad():
+        mu_t, logvar_t = vae.encode(torch.from_numpy(xp))
+        logits_t = vae.decode(mu_t)
+    mu, logvar = edge.encode(x)
+    np.testing.assert_allclose(mu, mu_t.numpy(), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(logvar, logvar_t.numpy(), rtol=1e-4, atol=1e-5)
+    expected = torch.nn.functional.binary_cross_entropy_with_logits(
+        logits_t, torch.from_numpy(xp), reduction="none"
+    ).sum((1, 2))
+    np.testing.assert_allclose(edge.score(x, samples=0), expected.numpy(), rtol=1e-4)
+
+
+def test_parity_gate_fails_loudly_when_the_graphs_differ(mnist_run, mnist_bundle):
+    vae, _ = load_run(mnist_run)
+    with torch.no_grad():
+        vae.decoder[-1].bias += 1e-3
+    with pytest.raises(ExportError, match="parity check failed: decoder"):
+        check_parity(vae, EdgeVAE.load(mnist_bundle))
+
+
+def test_gaussian_bundle_on_tabular_data(cardio, cardio_bundle):
+    edge = EdgeVAE.load(cardio_bundle)
+    m = edge.manifest
+    assert m.likelihood == "gaussian" and m.decoder_output == "mean"
+    assert m.preprocessing.kind == "standardize" and m.input_shape == (21,)
+    np.testing.assert_allclose(m.preprocessing.mean, cardio["x"].mean(0), rtol=1e-4, atol=1e-4)
+    scores = edge.score(cardio["x"], samples=0)
+    assert scores.shape == (len(cardio["x"]),) and np.isfinite(scores).all()
+    # anomalies reconstruct worse on average, even after 3 epochs
+    assert scores[cardio["y"] == 1].mean() > scores[cardio["y"] == 0].mean()
+    assert edge.sample(4, seed=0).shape == (4, 21)
+
+
+def test_export_refuses_to_overwrite_without_force(mnist_run, mnist_bundle, tmp_path):
+    with pytest.raises(InputError, match="use --force"):
+        export_run(mnist_run, mnist_bundle)
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "file.txt").write_text("keep me")
+    with pytest.raises(InputError, match="not a model bundle"):
+        export_run(mnist_run, tmp_path / "other")
+    assert (tmp_path / "other" / "file.txt").read_text() == "keep me"
+    with pytest.raises(InputError, match="not a training run"):
+        export_run(tmp_path, tmp_path / "new")
+    assert not (tmp_path / "new").exists()

@@ -1,0 +1,277 @@
+"""The torch-free runtime: loading, sampling, scoring, noise, validation, bundle trust."""
+
+import json
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+from vae_edge.runtime import BundleError, EdgeVAE, InputError
+from vae_edge.runtime.model import draw_latents
+
+
+@pytest.fixture(scope="module")
+def default_model() -> EdgeVAE:
+    return EdgeVAE.load()
+
+
+def test_runtime_loads_samples_and_scores_with_torch_and_onnx_blocked():
+    code = """
+import sys
+sys.modules["torch"] = None
+sys.modules["onnx"] = None
+sys.modules["onnxscript"] = None
+from vae_edge.runtime import EdgeVAE
+m = EdgeVAE.load()
+x = m.sample(5, seed=3)
+s = m.score(x, samples=2, seed=1)
+assert x.shape == (5, 28, 28) and s.shape == (5,) and (s > 0).all()
+loaded = [k for k in sys.modules if k.split(".")[0] in ("torch", "onnx", "onnxscript")]
+assert all(sys.modules[k] is None for k in loaded), loaded
+print("ok")
+"""
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "ok"
+
+
+def test_runtime_sources_import_neither_torch_nor_onnx():
+    from pathlib import Path
+
+    import vae_edge.runtime
+
+    for file in Path(vae_edge.runtime.__file__).parent.glob("*.py"):
+        text = file.read_text()
+        for banned in ("import torch", "import onnx\n", "from onnx", "vae_edge.training",
+                       "vae_edge.export"):  # fmt: skip
+            assert banned not in text, f"{file.name} contains {banned!r}"
+
+
+def test_default_model_shapes(default_model):
+    m = default_model
+    assert m.manifest.input_shape == (28, 28)
+    x = m.sample(7, seed=0)
+    assert x.shape == (7, 28, 28) and x.dtype == np.float32
+    assert 0 <= x.min() and x.max() <= 255
+    mu, logvar = m.encode(x)
+    assert mu.shape == logvar.shape == (7, m.manifest.latent_dim)
+    assert m.decode(mu).shape == (7, 28, 28)
+    assert m.reconstruct(x, seed=0).shape == (7, 28, 28)
+    assert m.score(x).shape == (7,)
+
+
+def test_default_model_scores_real_digits_below_corrupted_ones(default_model, data_dir):
+    with np.load(data_dir / "mnist.npz") as f:
+        digits = f["x_test"][:200]
+    normal = default_model.score(digits, samples=0)
+    noise = default_model.score(np.random.default_rng(0).uniform(0, 255, (50, 28, 28)), samples=0)
+    inverted = default_model.score(255 - digits[:50], samples=0)
+    assert np.median(normal) < 120  # the shipped model reconstructs digits (~80 nats)
+    assert noise.min() > normal.max()
+    assert inverted.min() > np.percentile(normal, 99)
+
+
+def test_same_seed_gives_bit_identical_output(default_model):
+    x = default_model.sample(20, seed=5)
+    assert np.array_equal(x, default_model.sample(20, seed=5))
+    assert not np.array_equal(x, default_model.sample(20, seed=6))
+    s = default_model.score(x, samples=3, seed=9)
+    assert np.array_equal(s, default_model.score(x, samples=3, seed=9))
+    assert not np.array_equal(s, default_model.score(x, samples=3, seed=10))
+    r = default_model.reconstruct(x, seed=2)
+    assert np.array_equal(r, default_model.reconstruct(x, seed=2))
+
+
+def test_seed_none_is_the_fixed_default_so_repeated_calls_agree(default_model):
+    x = default_model.sample(4)
+    assert np.array_equal(x, default_model.sample(4, seed=0))
+    assert np.array_equal(default_model.score(x), default_model.score(x, seed=0))
+
+
+def test_samples_zero_scores_deterministically_with_z_equal_mu(default_model):
+    x = default_model.sample(10, seed=1)
+    s0 = default_model.score(x, samples=0, seed=1)
+    assert np.array_equal(s0, default_model.score(x, samples=0, seed=99))
+    mu, _ = default_model.encode(x)
+    expected = default_model.nll(default_model.preprocess(x), default_model._decode(mu))
+    np.testing.assert_allclose(s0, expected, rtol=1e-6)
+
+
+def test_noise_per_row_does_not_depend_on_batch_size(default_model):
+    x = default_model.sample(37, seed=4)
+    whole = default_model.score(x, samples=4, seed=7)
+    default_model.batch_size = 8  # 2 rows per decoder call with 4 draws each
+    try:
+        chunked = default_model.score(x, samples=4, seed=7)
+    finally:
+        default_model.batch_size = 1024
+    np.testing.assert_allclose(chunked, whole, rtol=1e-5)
+
+
+def test_reparameterization_statistics_match_mu_and_variance():
+    rng = np.random.default_rng(0)
+    mu = np.array([[0.0, 2.0, -1.5]], np.float32)
+    logvar = np.array([[0.0, np.log(0.25), np.log(4.0)]], np.float32)
+    z = draw_latents(mu, logvar, 200_000, rng)[0]
+    np.testing.assert_allclose(z.mean(axis=0), mu[0], atol=0.02)
+    np.testing.assert_allclose(z.var(axis=0), np.exp(logvar[0]), rtol=0.02)
+
+
+def test_score_with_many_samples_converges(default_model):
+    x = default_model.sample(5, seed=2)
+    a = default_model.score(x, samples=400, seed=1)
+    b = default_model.score(x, samples=400, seed=2)
+    np.testing.assert_allclose(a, b, rtol=0.02)
+
+
+def test_flat_rows_and_single_samples_are_accepted(default_model):
+    x = default_model.sample(3, seed=0)
+    s = default_model.score(x, samples=0)
+    np.testing.assert_allclose(default_model.score(x.reshape(3, 784), samples=0), s, rtol=1e-6)
+    np.testing.assert_allclose(default_model.score(x[0], samples=0), s[:1], rtol=1e-6)
+    assert default_model.score(np.zeros((0, 28, 28)), samples=0).shape == (0,)
+
+
+@pytest.mark.parametrize(
+    "x, message",
+    [
+        (np.zeros((2, 27, 28)), "this model takes samples of shape (28, 28)"),
+        (np.zeros((2, 10)), "this model takes samples of shape (28, 28)"),
+        (np.full((1, 28, 28), np.nan), "NaN or infinite"),
+        (np.full((1, 28, 28), np.inf), "NaN or infinite"),
+        (np.full((1, 28, 28), 300.0), "must lie in [0, 255]"),
+        (np.full((1, 28, 28), -1), "must lie in [0, 255]"),
+        (np.array([["a"] * 784]), "dtype"),
+        (np.zeros((1, 28, 28), complex), "dtype"),
+        (np.float32(3), "scalar"),
+    ],
+)
+def test_bad_input_is_refused_with_a_message_that_names_it(default_model, x, message):
+    with pytest.raises(InputError) as e:
+        default_model.score(x)
+    assert message in str(e.value)
+    assert "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("kwargs", [{"samples": -1}, {"seed": -3}, {"samples": 1.5}])
+def test_bad_score_options_are_refused(default_model, kwargs):
+    with pytest.raises(InputError):
+        default_model.score(np.zeros((1, 28, 28)), **kwargs)
+
+
+def test_bad_sample_count_and_latents_are_refused(default_model):
+    for n in (0, -2, 2.5):
+        with pytest.raises(InputError, match="n must be a positive integer"):
+            default_model.sample(n)
+    with pytest.raises(InputError, match="z must have shape"):
+        default_model.decode(np.zeros((2, 3)))
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    hnp.arrays(
+        dtype=st.sampled_from([np.uint8, np.int64, np.float32, np.float64, np.bool_]),
+        shape=hnp.array_shapes(min_dims=1, max_dims=3, min_side=0, max_side=30),
+    )
+)
+def test_score_gives_a_score_per_row_or_the_documented_error(default_model, x):
+    try:
+        s = default_model.score(x, samples=1)
+    except InputError as e:
+        assert "\n" not in str(e)
+        return
+    assert s.ndim == 1 and np.isfinite(s).all()
+    assert len(s) == (1 if x.shape == (28, 28) else len(x))
+
+
+def test_predict_agrees_with_score_and_the_stored_threshold(mnist_bundle, tmp_path):
+    bundle = tmp_path / "b"
+    shutil.copytree(mnist_bundle, bundle)
+    model = EdgeVAE.load(bundle)
+    x = model.sample(40, seed=0)
+    with pytest.raises(BundleError, match="no threshold"):
+        model.predict(x)
+    scores = model.score(x, samples=0)
+    manifest = json.loads((bundle / "vae.json").read_text())
+    manifest["threshold"] = {"value": float(np.median(scores)), "samples": 0, "seed": 0}
+    (bundle / "vae.json").write_text(json.dumps(manifest))
+    model = EdgeVAE.load(bundle)
+    assert model.threshold == pytest.approx(float(np.median(scores)))
+    assert np.array_equal(model.predict(x), scores > model.threshold)
+    assert 0 < model.predict(x).sum() < 40
+
+
+def _edit_manifest(bundle, change):
+    data = json.loads((bundle / "vae.json").read_text())
+    change(data)
+    (bundle / "vae.json").write_text(json.dumps(data))
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (lambda d: d.pop("latent_dim"), "missing field 'latent_dim'"),
+        (lambda d: d.update(format_version=99), "format_version 99 is not supported"),
+        (lambda d: d.update(latent_dim="8"), "field 'latent_dim' must be of type int"),
+        (lambda d: d.update(likelihood="poisson"), "unknown likelihood"),
+        (lambda d: d["encoder"].update(file="../x.onnx"), "plain .onnx file name"),
+        (lambda d: d["decoder"].update(sha256="0" * 64), "does not match the sha256"),
+        (lambda d: d.update(latent_dim=9), "graphs from a different model"),
+        (lambda d: d["encoder"].update(outputs=["a", "b"]), "the manifest says"),
+        (lambda d: d.update(threshold={"value": "high"}), "threshold"),
+    ],
+)
+def test_a_bad_manifest_is_refused(mnist_bundle, tmp_path, change, message):
+    bundle = tmp_path / "b"
+    shutil.copytree(mnist_bundle, bundle)
+    _edit_manifest(bundle, change)
+    with pytest.raises(BundleError) as e:
+        EdgeVAE.load(bundle)
+    assert message in str(e.value)
+
+
+def test_tampered_graph_and_foreign_graph_are_refused(mnist_bundle, tmp_path):
+    bundle = tmp_path / "b"
+    shutil.copytree(mnist_bundle, bundle)
+    data = bytearray((bundle / "decoder.onnx").read_bytes())
+    data[-10] ^= 0xFF
+    (bundle / "decoder.onnx").write_bytes(bytes(data))
+    with pytest.raises(BundleError, match="decoder.onnx does not match the sha256"):
+        EdgeVAE.load(bundle)
+    # A decoder from another model, with the hash updated to match: the shapes give it away.
+    from vae_edge.runtime.model import default_model_dir
+
+    foreign = (default_model_dir() / "decoder.onnx").read_bytes()
+    (bundle / "decoder.onnx").write_bytes(foreign)
+    import hashlib
+
+    _edit_manifest(
+        bundle, lambda d: d["decoder"].update(sha256=hashlib.sha256(foreign).hexdigest())
+    )
+    with pytest.raises(BundleError, match="different model"):
+        EdgeVAE.load(bundle)
+
+
+def test_not_a_bundle(tmp_path):
+    with pytest.raises(BundleError, match="not a model bundle"):
+        EdgeVAE.load(tmp_path)
+    with pytest.raises(BundleError, match="not a model bundle"):
+        EdgeVAE.load(tmp_path / "missing")
+    (tmp_path / "vae.json").write_text("{not json")
+    with pytest.raises(BundleError, match="not valid JSON"):
+        EdgeVAE.load(tmp_path)
+
+
+def test_cuda_request_without_cuda_is_loud():
+    import onnxruntime
+
+    if "CUDAExecutionProvider" in onnxruntime.get_available_providers():
+        pytest.skip("this machine has CUDA")
+    with pytest.raises(BundleError, match="device 'cuda' needs onnxruntime-gpu"):
+        EdgeVAE.load(device="cuda")
+    with pytest.raises(InputError, match="device must be"):
+        EdgeVAE.load(device="tpu")

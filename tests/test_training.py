@@ -1,0 +1,177 @@
+"""Training: defaults from the data, reproducibility, one-class runs, MNIST loading."""
+
+import gzip
+import hashlib
+import http.server
+import json
+import threading
+
+import numpy as np
+import pytest
+import torch
+from vae_edge.runtime.errors import InputError
+from vae_edge.training import mnist
+from vae_edge.training.train import choose_likelihood, load_run, train
+
+
+def test_defaults_follow_the_data():
+    assert choose_likelihood(np.zeros((3, 4), np.uint8))[1].scale == pytest.approx(1 / 255)
+    likelihood, prep = choose_likelihood(np.random.default_rng(0).random((3, 4)))
+    assert likelihood == "bernoulli" and prep.kind == "scale" and prep.scale == 1.0
+    x = np.array([[1.0, 5.0, 2.0], [3.0, 5.0, -2.0]])
+    likelihood, prep = choose_likelihood(x)
+    assert likelihood == "gaussian" and prep.kind == "standardize"
+    assert prep.mean == [2.0, 5.0, 0.0] and prep.std == [1.0, 1.0, 2.0]  # constant column: 1
+    with pytest.raises(InputError, match="bernoulli likelihood needs"):
+        choose_likelihood(x, "bernoulli")
+
+
+def test_training_is_reproducible_for_a_seed(tmp_path):
+    x = np.random.default_rng(0).normal(size=(300, 6)).astype(np.float32)
+    np.save(tmp_path / "x.npy", x)
+    runs = []
+    for name, seed in (("a", 3), ("b", 3), ("c", 4)):
+        train(str(tmp_path / "x.npy"), tmp_path / name, epochs=2, seed=seed, progress=False)
+        runs.append(torch.load(tmp_path / name / "checkpoint.pt", weights_only=True))
+    assert all(torch.equal(runs[0][k], runs[1][k]) for k in runs[0])
+    assert not all(torch.equal(runs[0][k], runs[2][k]) for k in runs[0])
+
+
+def test_run_directory_holds_config_log_and_checkpoint(mnist_run):
+    config = json.loads((mnist_run / "config.json").read_text())
+    assert config["model"] == {
+        "input_shape": [28, 28], "hidden": [128], "latent_dim": 8, "likelihood": "bernoulli"
+    }  # fmt: skip
+    assert config["preprocessing"] == {"kind": "scale", "scale": 1 / 255}
+    assert config["data"]["n_train"] == 2700 and config["data"]["n_val"] == 300
+    log = [json.loads(line) for line in (mnist_run / "log.jsonl").read_text().splitlines()]
+    assert [e["epoch"] for e in log] == [1, 2]
+    assert all({"train_loss", "val_loss", "val_recon", "val_kl"} <= e.keys() for e in log)
+    assert log[1]["val_loss"] < log[0]["val_loss"]
+    s = config["summary"]
+    assert s["test_loss"] == pytest.approx(s["test_recon"] + s["test_kl"])
+    assert 80 < s["test_loss"] < 250
+
+
+def test_normal_class_trains_on_one_label(mnist_small, tmp_path):
+    config = train(
+        str(mnist_small), tmp_path / "run", epochs=1, normal_class=3, hidden=(32,), progress=False
+    )
+    with np.load(mnist_small) as f:
+        n3 = int((f["y_train"] == 3).sum())
+    assert config["data"]["n_train"] + config["data"]["n_val"] == n3
+    assert config["data"]["normal_class"] == 3
+    with pytest.raises(InputError, match="no samples with label 11"):
+        train(str(mnist_small), tmp_path / "r2", epochs=1, normal_class=11, progress=False)
+
+
+def test_training_refuses_bad_data(tmp_path):
+    np.save(tmp_path / "nan.npy", np.array([[1.0, np.nan], [2.0, 3.0]]))
+    with pytest.raises(InputError, match="NaN"):
+        train(str(tmp_path / "nan.npy"), tmp_path / "r", progress=False)
+    np.save(tmp_path / "flat.npy", np.arange(10.0))
+    with pytest.raises(InputError, match="samples must be"):
+        train(str(tmp_path / "flat.npy"), tmp_path / "r", progress=False)
+    np.save(tmp_path / "y.npy", np.zeros((5, 2)))
+    with pytest.raises(InputError, match="needs labels"):
+        train(str(tmp_path / "y.npy"), tmp_path / "r", normal_class=1, progress=False)
+
+
+def test_checkpoints_load_weights_only(mnist_run, tmp_path):
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(mnist_run, run)
+    model, _ = load_run(run)
+    assert isinstance(model, torch.nn.Module)
+    torch.save({"payload": _NotAWeight()}, run / "checkpoint.pt")  # a pickled object
+    with pytest.raises(InputError, match="cannot load weights"):
+        load_run(run)
+
+
+class _NotAWeight:
+    pass
+
+
+def _idx(array: np.ndarray) -> bytes:
+    header = bytes([0, 0, 8, array.ndim]) + np.array(array.shape, ">u4").tobytes()
+    return gzip.compress(header + array.astype(np.uint8).tobytes())
+
+
+@pytest.fixture
+def mnist_server(tmp_path):
+    """Four small IDX files served over HTTP on 127.0.0.1; yields (url, checksums, arrays)."""
+    rng = np.random.default_rng(0)
+    arrays = {
+        "train-images-idx3-ubyte": rng.integers(0, 256, (20, 28, 28)),
+        "train-labels-idx1-ubyte": rng.integers(0, 10, 20),
+        "t10k-images-idx3-ubyte": rng.integers(0, 256, (5, 28, 28)),
+        "t10k-labels-idx1-ubyte": rng.integers(0, 10, 5),
+    }
+    served = tmp_path / "served"
+    served.mkdir()
+    checksums = {}
+    for name, array in arrays.items():
+        blob = _idx(array)
+        (served / f"{name}.gz").write_bytes(blob)
+        checksums[name] = hashlib.sha256(blob).hexdigest()
+
+    class Handler(http.server.SimpleHTTPRequestHandler):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, directory=str(served), **kwargs)
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/", checksums, arrays
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_mnist_downloads_checks_sha256_and_caches(mnist_server, tmp_path, monkeypatch):
+    url, checksums, arrays = mnist_server
+    monkeypatch.delenv("VAE_EDGE_DATA", raising=False)
+    monkeypatch.setenv("VAE_EDGE_CACHE", str(tmp_path / "cache"))
+    data = mnist.load_mnist(mirror=url, checksums=checksums)
+    assert np.array_equal(data.x, arrays["train-images-idx3-ubyte"])
+    assert np.array_equal(data.y_test, arrays["t10k-labels-idx1-ubyte"])
+    assert sorted(p.name for p in (tmp_path / "cache" / "mnist").iterdir()) == sorted(
+        f"{n}.gz" for n in checksums
+    )
+    # Cached: works with the server unreachable.
+    again = mnist.load_mnist(mirror="http://127.0.0.1:9/", checksums=checksums)
+    assert np.array_equal(again.x_test, data.x_test)
+
+
+def test_mnist_download_with_wrong_checksum_keeps_nothing(mnist_server, tmp_path, monkeypatch):
+    url, checksums, _ = mnist_server
+    monkeypatch.delenv("VAE_EDGE_DATA", raising=False)
+    monkeypatch.setenv("VAE_EDGE_CACHE", str(tmp_path / "cache"))
+    bad = dict(checksums, **{"train-images-idx3-ubyte": "0" * 64})
+    with pytest.raises(InputError, match="sha256 does not match"):
+        mnist.load_mnist(mirror=url, checksums=bad)
+    assert not (tmp_path / "cache" / "mnist" / "train-images-idx3-ubyte.gz").exists()
+    assert not list((tmp_path / "cache" / "mnist").glob("*tmp*"))
+
+
+def test_mnist_from_idx_files_in_vae_edge_data(mnist_server, tmp_path, monkeypatch):
+    _, checksums, arrays = mnist_server
+    folder = tmp_path / "idx"
+    folder.mkdir()
+    for name, array in arrays.items():
+        (folder / name).write_bytes(gzip.decompress(_idx(array)))  # uncompressed IDX
+    monkeypatch.setenv("VAE_EDGE_DATA", str(folder))
+    data = mnist.load_mnist(mirror="http://127.0.0.1:9/", checksums=checksums)
+    assert np.array_equal(data.x_test, arrays["t10k-images-idx3-ubyte"])
+
+
+def test_truncated_idx_file(tmp_path):
+    blob = gzip.decompress(_idx(np.zeros((4, 28, 28))))
+    (tmp_path / "f").write_bytes(blob[:-100])
+    with pytest.raises(InputError, match="truncated"):
+        mnist.read_idx(tmp_path / "f")
