@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 import click
+
 from vae_edge.runtime.errors import VAEEdgeError
 
 SCORE_FORMATS = (".csv", ".npy", ".jsonl")
@@ -220,6 +221,7 @@ def _suffix(path: Path, allowed) -> str:
 
 def _write(output: Path, samples, model, suffix: str) -> None:
     import numpy as np
+
     from vae_edge.runtime.data import atomic_output, image_grid, write_png
 
     with atomic_output(output) as tmp:
@@ -241,6 +243,7 @@ def _csv(scores, flags) -> str:
 
 def _write_scores(output: Path, suffix: str, scores, flags) -> None:
     import numpy as np
+
     from vae_edge.runtime.data import atomic_output
 
     with atomic_output(output) as tmp:

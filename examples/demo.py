@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+
 from vae_edge.runtime import EdgeVAE
 
 N_NORMAL, N_EACH = 24, 4

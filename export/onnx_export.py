@@ -21,6 +21,7 @@ import numpy as np
 import onnx
 import onnxruntime
 import torch
+
 from vae_edge.runtime.data import umask
 from vae_edge.runtime.errors import InputError, VAEEdgeError
 from vae_edge.runtime.manifest import FORMAT_VERSION, MANIFEST_FILE, Graph, Manifest

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
+
 from vae_edge.runtime.errors import InputError
 
 SUFFIXES = (".npz", ".npy", ".csv", ".png")

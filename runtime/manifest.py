@@ -15,6 +15,7 @@ from functools import cached_property
 from typing import Any
 
 import numpy as np
+
 from vae_edge.runtime.errors import BundleError
 
 FORMAT_VERSION = 1

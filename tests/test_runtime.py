@@ -10,6 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
+
 from vae_edge.runtime import BundleError, EdgeVAE, InputError
 from vae_edge.runtime.model import draw_latents
 

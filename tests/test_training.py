@@ -9,6 +9,7 @@ import threading
 import numpy as np
 import pytest
 import torch
+
 from vae_edge.runtime.errors import InputError
 from vae_edge.training import mnist
 from vae_edge.training.train import choose_likelihood, load_run, train

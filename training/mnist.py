@@ -18,6 +18,7 @@ import urllib.request
 from pathlib import Path
 
 import numpy as np
+
 from vae_edge.runtime.data import Data, read_data
 from vae_edge.runtime.errors import InputError
 

@@ -17,6 +17,7 @@ from pathlib import Path
 import click
 import numpy as np
 import torch
+
 from vae_edge.runtime.data import atomic_output, read_data
 from vae_edge.runtime.errors import InputError
 from vae_edge.runtime.manifest import Preprocessing
