@@ -189,9 +189,11 @@ def atomic_output(path: str | Path):
 
 
 def image_grid(images: np.ndarray, columns: int | None = None) -> np.ndarray:
-    """Tile images (N, H, W) or (N, H, W, C) into one uint8 picture with 2-pixel gaps.
+    """Tile images (N, H, W), (N, H, W, C) or (N, C, H, W) into one uint8 picture.
     Values in [0, 1] map to 0..255; anything else is min-max scaled first."""
     images = np.asarray(images, np.float32)
+    if images.ndim == 4 and images.shape[1] in (1, 3) and images.shape[-1] not in (1, 3):
+        images = np.moveaxis(images, 1, -1)  # (N, C, H, W) -> (N, H, W, C)
     low, high = float(images.min()), float(images.max())
     if low < 0 or high > 1:
         images = (images - low) / max(high - low, 1e-12)

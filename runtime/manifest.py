@@ -102,9 +102,9 @@ class Manifest:
 
     @property
     def is_image(self) -> bool:
-        return len(self.input_shape) == 2 or (
-            len(self.input_shape) == 3 and self.input_shape[-1] in (1, 3)
-        )
+        """(H, W), (H, W, C) or (C, H, W) with 1 or 3 channels."""
+        shape = self.input_shape
+        return len(shape) == 2 or (len(shape) == 3 and (shape[0] in (1, 3) or shape[-1] in (1, 3)))
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)

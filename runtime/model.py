@@ -102,9 +102,10 @@ class EdgeVAE:
         """Posterior parameters (mu, logvar), each (N, latent_dim)."""
         xp = self.preprocess(x)
         parts = [self._encode(xp[i : i + self.batch_size]) for i in self._starts(len(xp))]
-        return _join(parts, 0, (0, self.manifest.latent_dim)), _join(
-            parts, 1, (0, self.manifest.latent_dim)
-        )
+        if not parts:
+            empty = np.zeros((0, self.manifest.latent_dim), np.float32)
+            return empty, empty.copy()
+        return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
 
     def decode(self, z) -> np.ndarray:
         """Decoder mean in the input's units, (N, *input_shape)."""
@@ -158,50 +159,6 @@ class EdgeVAE:
             raise BundleError(f"{self.source}: the model has no threshold; predict needs one")
         return self.score(x, samples=t.samples, seed=t.seed) > t.value
 
-    # -- internals ------------------------------------------------------------------------
-
-    def _starts(self, n: int) -> range:
-        return range(0, n, self.batch_size)
-
-    def _empty(self) -> np.ndarray:
-        return np.zeros((0, *self.manifest.input_shape), np.float32)
-
-    def _encode(self, xp: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        mu, logvar = self._encoder.run(self._encoder_outputs, {self._x_name: xp})
-        return mu, logvar
-
-    def _decode(self, z: np.ndarray) -> np.ndarray:
-        return self._decoder.run(self._decoder_outputs, {self._z_name: z})[0]
-
-    def _score(self, xp: np.ndarray, samples: int, rng: np.random.Generator) -> np.ndarray:
-        mu, logvar = self._encode(xp)
-        if samples == 0:
-            return self.nll(xp, self._decode(mu))
-        z = draw_latents(mu, logvar, samples, rng)  # (n, L, k)
-        params = self._decode(z.reshape(-1, z.shape[-1]))
-        repeated = np.repeat(xp, samples, axis=0)
-        return self.nll(repeated, params).reshape(len(xp), samples).mean(axis=1)
-
-    def nll(self, xp: np.ndarray, params: np.ndarray) -> np.ndarray:
-        """Negative log-likelihood per row of preprocessed x given decoder output."""
-        axes = tuple(range(1, xp.ndim))
-        if self.manifest.likelihood == "bernoulli":
-            # BCE with logits: softplus(l) - x * l, softplus(l) = max(l, 0) + log(1 + e^-|l|).
-            # In place with np.exp/np.log, which are SIMD-vectorised for float32;
-            # np.logaddexp is not and took 4x longer at batch 1024.
-            t = np.abs(params)
-            np.negative(t, out=t)
-            np.exp(t, out=t)
-            t += 1
-            np.log(t, out=t)
-            t += np.maximum(params, 0)
-            t -= xp * params
-            return t.sum(axis=axes, dtype=np.float32)
-        sq = np.square(xp - params)
-        return (0.5 * sq.sum(axis=axes, dtype=np.float32) + HALF_LOG_2PI * xp[0].size).astype(
-            np.float32
-        )
-
     def preprocess(self, x) -> np.ndarray:
         """Validate raw input once and preprocess it to the encoder's float32 input, exactly
         as training did."""
@@ -228,6 +185,50 @@ class EdgeVAE:
                 f"(found {float(x.min()):g} to {float(x.max()):g})"
             )
         return np.ascontiguousarray(xp, dtype=np.float32)
+
+    # -- internals ------------------------------------------------------------------------
+
+    def _starts(self, n: int) -> range:
+        return range(0, n, self.batch_size)
+
+    def _empty(self) -> np.ndarray:
+        return np.zeros((0, *self.manifest.input_shape), np.float32)
+
+    def _encode(self, xp: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        mu, logvar = self._encoder.run(self._encoder_outputs, {self._x_name: xp})
+        return mu, logvar
+
+    def _decode(self, z: np.ndarray) -> np.ndarray:
+        return self._decoder.run(self._decoder_outputs, {self._z_name: z})[0]
+
+    def _score(self, xp: np.ndarray, samples: int, rng: np.random.Generator) -> np.ndarray:
+        mu, logvar = self._encode(xp)
+        if samples == 0:
+            return self.nll(xp, self._decode(mu))
+        z = draw_latents(mu, logvar, samples, rng)  # (n, L, k)
+        params = self._decode(z.reshape(-1, z.shape[-1]))
+        params = params.reshape(len(xp), samples, *self.manifest.input_shape)
+        return self.nll(xp[:, None], params).mean(axis=1)
+
+    def nll(self, xp: np.ndarray, params: np.ndarray) -> np.ndarray:
+        """Negative log-likelihood of preprocessed x given decoder output, summed over the
+        sample's features (the trailing input_shape axes; leading axes broadcast)."""
+        axes = tuple(range(-len(self.manifest.input_shape), 0))
+        if self.manifest.likelihood == "bernoulli":
+            # BCE with logits: softplus(l) - x * l, softplus(l) = max(l, 0) + log(1 + e^-|l|).
+            # In place with np.exp/np.log, which are SIMD-vectorised for float32;
+            # np.logaddexp is not and took 4x longer at batch 1024.
+            t = np.abs(params)
+            np.negative(t, out=t)
+            np.exp(t, out=t)
+            t += 1
+            np.log(t, out=t)
+            t += np.maximum(params, 0)
+            t -= xp * params
+            return t.sum(axis=axes, dtype=np.float32)
+        sq = np.square(xp - params)
+        constant = HALF_LOG_2PI * self.manifest.n_features
+        return (0.5 * sq.sum(axis=axes, dtype=np.float32) + constant).astype(np.float32)
 
     def _to_data(self, params: np.ndarray) -> np.ndarray:
         if self.manifest.likelihood == "bernoulli":
@@ -272,12 +273,8 @@ def _as_array(x, name: str) -> np.ndarray:
 
 def _require_finite(x: np.ndarray, name: str) -> None:
     if x.dtype.kind == "f" and not np.isfinite(x).all():
-        bad = np.argwhere(~np.isfinite(x))[0]
-        raise InputError(f"{name} has NaN or infinite values (first at index {tuple(bad)})")
-
-
-def _join(parts, which: int, empty_shape) -> np.ndarray:
-    return np.concatenate([p[which] for p in parts]) if parts else np.zeros(empty_shape, np.float32)
+        first = tuple(int(i) for i in np.argwhere(~np.isfinite(x))[0])
+        raise InputError(f"{name} has NaN or infinite values (first at index {first})")
 
 
 def _providers(device: str) -> list:

@@ -122,3 +122,10 @@ def test_image_grid_tiles_images():
     grid = image_grid(np.ones((5, 4, 3)))
     assert grid.dtype == np.uint8 and grid.shape == (2 * 6 + 2, 3 * 5 + 2)
     assert grid[2:6, 2:5].min() == 255 and grid[0].max() == 0
+
+
+def test_image_grid_takes_channels_first_and_last():
+    rgb = np.random.default_rng(0).random((4, 3, 8, 8))
+    first = image_grid(rgb)
+    last = image_grid(np.moveaxis(rgb, 1, -1))
+    assert first.shape == (2 * 10 + 2, 2 * 10 + 2, 3) and np.array_equal(first, last)
