@@ -149,10 +149,16 @@ def _export_graph(module, example, file: Path, inputs, outputs) -> None:
                 verbose=False,
                 report=False,
             )
-        program.save(str(file), external_data=False)
     finally:
         quiet.setLevel(level)
-    model = onnx.load(str(file))
+    model = program.model_proto
+    # The exporter records stack traces with this machine's paths on every node; drop them
+    # so a bundle reveals no paths and `make model` gives the same bytes in any checkout.
+    for node in model.graph.node:
+        del node.metadata_props[:]
+        node.doc_string = ""
+    del model.graph.metadata_props[:]
+    onnx.save_model(model, str(file))
     onnx.checker.check_model(model, full_check=True)
     random = sorted({n.op_type for n in model.graph.node} & RANDOM_OPS)
     if random:
