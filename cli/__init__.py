@@ -8,6 +8,7 @@ reported as one line on stderr with exit code 2; output files appear whole or no
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -29,6 +30,11 @@ device_option = click.option(
 )
 threads_option = click.option(
     "--threads", type=click.IntRange(min=1), help="onnxruntime intra-op threads per graph."
+)
+no_verify_option = click.option(
+    "--no-verify",
+    is_flag=True,
+    help="Skip the graphs' sha256 check (development only).",
 )
 seed_option = click.option(
     "--seed", type=click.IntRange(min=0), default=0, show_default=True, help="NumPy noise seed."
@@ -113,10 +119,11 @@ def export(run_dir, model_dir, force):
               help="OUT.png (a grid, image models) or OUT.npy.")  # fmt: skip
 @device_option
 @threads_option
-def sample(model_dir, n, seed, output, device, threads):
+@no_verify_option
+def sample(model_dir, n, seed, output, device, threads, no_verify):
     """Draw N new samples from the model."""
     suffix = _suffix(output, SAMPLE_FORMATS)
-    model = _load(model_dir, device, threads)
+    model = _load(model_dir, device, threads, not no_verify)
     if suffix == ".png" and not model.manifest.is_image:
         raise click.BadParameter("PNG output needs an image model; use .npy", param_hint="-o")
     samples = model.sample(n, seed=seed)
@@ -135,17 +142,39 @@ def sample(model_dir, n, seed, output, device, threads):
               help="OUT.csv, OUT.npy or OUT.jsonl (default: CSV on stdout).")  # fmt: skip
 @device_option
 @threads_option
-def score(model_dir, input_path, samples, seed, batch_size, output, device, threads):
-    """Score INPUT (.npz/.npy/.csv/.png or a PNG folder): reconstruction loss per sample."""
-    from vae_edge.runtime.data import read_input
+@no_verify_option
+def score(model_dir, input_path, samples, seed, batch_size, output, device, threads, no_verify):
+    """Score INPUT (.npz/.npy/.csv/.png or a PNG folder): reconstruction loss per sample.
+
+    .npy and .csv inputs are streamed in chunks, so memory does not grow with the file."""
+    import numpy as np
+
+    from vae_edge.runtime.data import stream_input
+    from vae_edge.runtime.errors import InputError
 
     suffix = _suffix(output, SCORE_FORMATS) if output else ".csv"
     if output is not None and not output.parent.is_dir():
         raise click.BadParameter(f"directory {output.parent} does not exist", param_hint="-o")
-    model = _load(model_dir, device, threads)
+    model = _load(model_dir, device, threads, not no_verify)
     model.batch_size = batch_size
-    x = read_input(input_path)
-    scores = model.score(x, samples=samples, seed=seed)
+    try:
+        total, chunks = stream_input(input_path, rows=max(batch_size, 4096))
+        parts = []
+        show = total is not None and sys.stderr.isatty()  # CSV: length unknown, no bar
+        with click.progressbar(
+            length=total or 1, label="scoring", file=sys.stderr, hidden=not show
+        ) as bar:
+            for part in model.score_chunks(chunks, samples=samples, seed=seed):
+                parts.append(part)
+                bar.update(len(part))
+    except InputError as e:
+        message = str(e)
+        if not message.startswith(str(input_path)):
+            raise InputError(f"{input_path}: {message}") from None
+        raise
+    scores = np.concatenate(parts)
+    if len(scores) == 0:
+        raise InputError(f"{input_path}: holds no samples")
     t = model.manifest.threshold
     flags = None if t is None else scores > t.value
     if t is not None and (t.samples, t.seed) != (samples, seed):
@@ -160,10 +189,21 @@ def score(model_dir, input_path, samples, seed, batch_size, output, device, thre
 
 @cli.command()
 @click.argument("model_dir", required=False, type=click.Path(path_type=Path))
-def info(model_dir):
+@click.option("--verify", is_flag=True, help="Run every check on the bundle and report each.")
+def info(model_dir, verify):
     """Summarise a bundle (default: the shipped model) and list onnxruntime providers."""
     import onnxruntime
 
+    if verify:
+        from vae_edge.runtime.model import verify_bundle
+
+        report = verify_bundle(model_dir)
+        for name, passed, detail in report:
+            click.echo(f"{'ok  ' if passed else 'FAIL'}  {name}: {detail}")
+        failed = sum(not passed for _, passed, _ in report)
+        if failed:
+            raise click.ClickException(f"{failed} of {len(report)} checks failed")
+        return
     model = _load(model_dir, "cpu", None)
     m = model.manifest
     s = m.training.get("summary", {})
@@ -204,10 +244,10 @@ def _train_extra(module: str):
         raise
 
 
-def _load(model_dir, device, threads):
+def _load(model_dir, device, threads, verify=True):
     from vae_edge.runtime import EdgeVAE
 
-    return EdgeVAE.load(model_dir, device=device, threads=threads)
+    return EdgeVAE.load(model_dir, device=device, threads=threads, verify=verify)
 
 
 def _suffix(path: Path, allowed) -> str:
@@ -281,4 +321,13 @@ def main() -> None:
     except KeyboardInterrupt:
         click.echo("vae-edge: interrupted", err=True)
         sys.exit(130)
+    except Exception as e:  # a bug in vae-edge, not bad input: still one line by default
+        if os.environ.get("VAE_EDGE_DEBUG"):
+            raise
+        click.echo(
+            f"vae-edge: internal error: {type(e).__name__}: {e} "
+            "(set VAE_EDGE_DEBUG=1 for the traceback, and please report it)",
+            err=True,
+        )
+        sys.exit(1)
     sys.exit(code if isinstance(code, int) else 0)

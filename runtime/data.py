@@ -5,10 +5,13 @@ Samples are images (N, H, W[, C]) or vectors (N, D). Nothing here knows about mo
 
 from __future__ import annotations
 
+import itertools
+import math
 import os
 import tempfile
 import warnings
 import zipfile
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import NamedTuple
@@ -67,6 +70,73 @@ def read_input(path: str | Path) -> np.ndarray:
     raise InputError(f"{path}: unsupported file type (use {', '.join(SUFFIXES)} or a PNG folder)")
 
 
+def stream_input(path: str | Path, rows: int = 4096) -> tuple[int | None, Iterator[np.ndarray]]:
+    """Like read_input, in chunks of at most `rows` samples so that memory does not grow
+    with the file: `.npy` is read chunk by chunk from disk and `.csv` line by line; other
+    formats are read whole. Returns (number of samples if known, iterator of chunks)."""
+    path = _existing(path)
+    suffix = path.suffix.lower()
+    if suffix == ".npy" and path.is_file():
+        return _stream_npy(path, rows)
+    if suffix == ".csv" and path.is_file():
+        return None, _stream_csv(path, rows)
+    x = read_input(path)
+    return len(x), (x[i : i + rows] for i in range(0, max(len(x), 1), rows))
+
+
+def _stream_npy(path: Path, rows: int) -> tuple[int, Iterator[np.ndarray]]:
+    fmt = np.lib.format
+    with open(path, "rb") as f:
+        try:
+            version = fmt.read_magic(f)
+            if version not in ((1, 0), (2, 0)):
+                x = _npy(path)
+                return len(x) if x.ndim else 1, iter([x])
+            read_header = (
+                fmt.read_array_header_1_0 if version == (1, 0) else fmt.read_array_header_2_0
+            )
+            shape, fortran, dtype = read_header(f)
+        except (ValueError, EOFError) as e:
+            raise InputError(f"{path}: not a valid .npy file ({_first_line(e)})") from None
+        offset = f.tell()
+    if dtype.hasobject:
+        raise InputError(f"{path}: holds Python objects (pickle), not numbers")
+    if fortran or not shape:
+        x = _npy(path)  # rare layouts: read whole
+        return len(x) if x.ndim else 1, iter([x])
+    per_row = math.prod(shape[1:]) * dtype.itemsize
+    expected = offset + shape[0] * per_row
+    if os.path.getsize(path) < expected:
+        raise InputError(f"{path}: truncated .npy file (header says {shape})")
+
+    def chunks():
+        with open(path, "rb") as f:
+            f.seek(offset)
+            for start in range(0, max(shape[0], 1), rows):
+                n = min(rows, shape[0] - start)
+                data = np.fromfile(f, dtype=dtype, count=n * per_row // dtype.itemsize)
+                yield data.reshape(n, *shape[1:])
+
+    return shape[0], chunks()
+
+
+def _stream_csv(path: Path, rows: int) -> Iterator[np.ndarray]:
+    first = _csv_first_line(path)
+    with open(path, encoding="utf-8") as f:
+        if not _is_numeric_row(first):
+            next(f)  # header
+        line_no = 1 + (not _is_numeric_row(first))
+        columns = None
+        while lines := list(itertools.islice(f, rows)):
+            chunk = _parse_csv_lines(path, lines, line_no, columns)
+            line_no += len(lines)
+            if len(chunk):
+                columns = chunk.shape[1]
+                yield chunk
+        if columns is None:
+            raise InputError(f"{path}: no data rows")
+
+
 def _existing(path: str | Path) -> Path:
     path = Path(path)
     if not path.exists():
@@ -106,6 +176,10 @@ def _npz(path: Path) -> dict[str, np.ndarray]:
 
 def _csv(path: Path) -> np.ndarray:
     """Numeric CSV, comma separated; a first line that is not numeric is taken as a header."""
+    return np.concatenate(list(_stream_csv(path, 1 << 16)))
+
+
+def _csv_first_line(path: Path) -> str:
     try:
         with open(path, encoding="utf-8") as f:
             first = f.readline()
@@ -113,16 +187,35 @@ def _csv(path: Path) -> np.ndarray:
         raise InputError(f"{path}: not a text CSV file") from None
     if not first.strip():
         raise InputError(f"{path}: empty CSV file")
-    header = not _is_numeric_row(first)
+    return first
+
+
+def _parse_csv_lines(path: Path, lines: list[str], first_line_no: int, columns) -> np.ndarray:
     try:
         with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # "input contained no data": reported below
-            x = np.loadtxt(path, delimiter=",", skiprows=int(header), dtype=np.float64, ndmin=2)
-    except ValueError as e:
-        raise InputError(f"{path}: {_first_line(e)} (only numbers are accepted)") from None
-    if x.size == 0:
-        raise InputError(f"{path}: no data rows")
-    return x
+            warnings.simplefilter("ignore")  # "input contained no data" (blank lines)
+            x = np.loadtxt(lines, delimiter=",", dtype=np.float64, ndmin=2)
+        if columns is None or len(x) == 0 or x.shape[1] == columns:
+            return x
+    except ValueError:
+        pass
+    # Find the first bad line, to name it (only on the error path).
+    for number, line in enumerate(lines, first_line_no):
+        if not line.strip():
+            continue
+        cells = line.rstrip("\r\n").split(",")
+        for cell in cells:
+            try:
+                float(cell)
+            except ValueError:
+                raise InputError(
+                    f"{path}: line {number}: {cell.strip()!r} is not a number "
+                    "(only numbers are accepted)"
+                ) from None
+        if columns is not None and len(cells) != columns:
+            raise InputError(f"{path}: line {number} has {len(cells)} values, not {columns}")
+        columns = len(cells)
+    raise InputError(f"{path}: not a numeric CSV file")
 
 
 def _is_numeric_row(line: str) -> bool:

@@ -9,14 +9,16 @@ from __future__ import annotations
 
 import hashlib
 import math
+from collections.abc import Iterable, Iterator
 from importlib import resources
 from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
 
-from vae_edge.runtime.errors import BundleError, InputError
+from vae_edge.runtime.errors import BundleError, InputError, VAEEdgeError
 from vae_edge.runtime.manifest import MANIFEST_FILE, Manifest, read_manifest
+from vae_edge.runtime.protobuf import ProtobufError, external_data_locations
 
 DEFAULT_SEED = 0  # seed=None means this, so score() and predict() agree call after call
 DEFAULT_BATCH_SIZE = 1024
@@ -51,21 +53,21 @@ class EdgeVAE:
 
     @classmethod
     def load(
-        cls, path: str | Path | None = None, device: str = "cpu", threads: int | None = None
+        cls,
+        path: str | Path | None = None,
+        device: str = "cpu",
+        threads: int | None = None,
+        verify: bool = True,
     ) -> EdgeVAE:
         """Load a bundle directory (None = the default MNIST model shipped in the package).
 
         device: "cpu" or "cuda" (needs onnxruntime-gpu; refused loudly if CUDA is not active).
         threads: intra-op threads per session; None lets onnxruntime choose.
+        verify: check each graph's sha256 against the manifest before onnxruntime reads it.
+            Turn off only while developing: a bundle is trusted because of this check.
         """
-        directory = default_model_dir() if path is None else Path(path)
-        where = "default model" if path is None else str(path)
-        if path is not None and not Path(path).is_dir():
-            raise BundleError(f"{where}: not a model bundle directory")
-        manifest_file = directory / MANIFEST_FILE
-        if not manifest_file.is_file():
-            raise BundleError(f"{where}: not a model bundle (no {MANIFEST_FILE})")
-        manifest = read_manifest(manifest_file.read_text(encoding="utf-8"), where)
+        directory, where = _bundle_dir(path)
+        manifest = _bundle_manifest(directory, where)
         if threads is not None and threads < 1:
             raise InputError(f"threads must be >= 1, got {threads}")
         providers = _providers(device)
@@ -76,7 +78,10 @@ class EdgeVAE:
             options.intra_op_num_threads = threads
         sessions = []
         for graph in (manifest.encoder, manifest.decoder):
-            model = _verified_bytes(directory / graph.file, graph.sha256, where)
+            model = _read_graph(directory / graph.file, where)
+            if verify:
+                _check_hash(model, graph, where)
+            _check_self_contained(model, graph, where)
             try:
                 session = ort.InferenceSession(model, options, providers=providers)
             except Exception as e:  # onnxruntime raises its own untyped errors
@@ -142,15 +147,27 @@ class EdgeVAE:
         samples=0 decodes z = mu (deterministic); samples=L averages the loss over L draws
         z = mu + exp(logvar / 2) * eps (encoder once, decoder once on all L draws).
         """
+        return np.concatenate([np.zeros(0, np.float32), *self.score_chunks([x], samples, seed)])
+
+    def score_chunks(
+        self, chunks: Iterable, samples: int = 1, seed: int | None = None
+    ) -> Iterator[np.ndarray]:
+        """Score an iterable of arrays as one long array, yielding the scores of each chunk:
+        the same numbers as score(concatenated chunks), with memory bounded by one chunk.
+        Rows are validated and preprocessed batch by batch, never copied whole."""
         if not isinstance(samples, (int, np.integer)) or isinstance(samples, bool) or samples < 0:
             raise InputError(f"samples must be an integer >= 0, got {samples!r}")
-        xp = self.preprocess(x)
         rng = _rng(seed)
         rows = max(1, self.batch_size // max(samples, 1))
-        out = []
-        for i in range(0, len(xp), rows):
-            out.append(self._score(xp[i : i + rows], samples, rng))
-        return np.concatenate(out) if out else np.zeros(0, np.float32)
+        offset = 0
+        for chunk in chunks:
+            x = self._as_samples(chunk)
+            out = [np.zeros(0, np.float32)]
+            for i in range(0, len(x), rows):
+                xp = self._preprocess(x[i : i + rows], offset + i)
+                out.append(self._score(xp, samples, rng))
+            offset += len(x)
+            yield np.concatenate(out)
 
     def predict(self, x) -> np.ndarray:
         """True where score > threshold, with the scoring settings stored with the threshold."""
@@ -160,31 +177,9 @@ class EdgeVAE:
         return self.score(x, samples=t.samples, seed=t.seed) > t.value
 
     def preprocess(self, x) -> np.ndarray:
-        """Validate raw input once and preprocess it to the encoder's float32 input, exactly
-        as training did."""
-        m = self.manifest
-        x = _as_array(x, "input")
-        shape = m.input_shape
-        if x.shape == shape:
-            x = x[None]  # one sample
-        elif x.ndim == 2 and len(shape) > 1 and x.shape[1] == m.n_features:
-            x = x.reshape(len(x), *shape)  # flat rows, e.g. from a CSV
-        if x.shape[1:] != shape:
-            raise InputError(
-                f"input has shape {tuple(x.shape)}; this model takes samples of shape "
-                f"{shape} (arrays (N, {', '.join(map(str, shape))})"
-                + (f" or (N, {m.n_features})" if len(shape) > 1 else "")
-                + ")"
-            )
-        _require_finite(x, "input")
-        xp = m.preprocessing.apply(x)
-        if m.likelihood == "bernoulli" and xp.size and (xp.min() < 0 or xp.max() > 1):
-            high = float(m.preprocessing.invert(np.ones(1, np.float32))[0])
-            raise InputError(
-                f"input values must lie in [0, {high:g}] for this model "
-                f"(found {float(x.min()):g} to {float(x.max()):g})"
-            )
-        return np.ascontiguousarray(xp, dtype=np.float32)
+        """Validate raw input and preprocess it to the encoder's float32 input, exactly as
+        training did."""
+        return self._preprocess(self._as_samples(x), 0)
 
     # -- internals ------------------------------------------------------------------------
 
@@ -193,6 +188,37 @@ class EdgeVAE:
 
     def _empty(self) -> np.ndarray:
         return np.zeros((0, *self.manifest.input_shape), np.float32)
+
+    def _as_samples(self, x) -> np.ndarray:
+        """Check dtype and shape; return x as (N, *input_shape) without copying."""
+        m = self.manifest
+        x = _as_array(x, "input")
+        shape = m.input_shape
+        if x.shape == shape:
+            x = x[None]  # one sample
+        elif x.ndim == 2 and len(shape) > 1 and x.shape[1] == m.n_features:
+            x = x.reshape(len(x), *shape)  # flat rows, e.g. from a CSV
+        if x.shape[1:] != shape:
+            flat = f" or (N, {m.n_features})" if len(shape) > 1 else ""
+            raise InputError(
+                f"input has shape {tuple(x.shape)}; this model takes samples of shape "
+                f"{shape} (arrays (N, {', '.join(map(str, shape))}){flat})"
+            )
+        return x
+
+    def _preprocess(self, x: np.ndarray, offset: int) -> np.ndarray:
+        """Check values (finite; in range for Bernoulli) and preprocess; `offset` is the
+        index of x[0] in the whole input, for the error message."""
+        m = self.manifest
+        _require_finite(x, "input", offset)
+        xp = m.preprocessing.apply(x)
+        if m.likelihood == "bernoulli" and xp.size and (xp.min() < 0 or xp.max() > 1):
+            high = float(m.preprocessing.invert(np.ones(1, np.float32))[0])
+            raise InputError(
+                f"input values must lie in [0, {high:g}] for this model "
+                f"(found {float(x.min()):g} to {float(x.max()):g})"
+            )
+        return np.ascontiguousarray(xp, dtype=np.float32)
 
     def _encode(self, xp: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         mu, logvar = self._encoder.run(self._encoder_outputs, {self._x_name: xp})
@@ -271,10 +297,13 @@ def _as_array(x, name: str) -> np.ndarray:
     return x
 
 
-def _require_finite(x: np.ndarray, name: str) -> None:
+def _require_finite(x: np.ndarray, name: str, offset: int = 0) -> None:
     if x.dtype.kind == "f" and not np.isfinite(x).all():
-        first = tuple(int(i) for i in np.argwhere(~np.isfinite(x))[0])
-        raise InputError(f"{name} has NaN or infinite values (first at index {first})")
+        first = np.argwhere(~np.isfinite(x))[0]
+        where = f"sample {offset + int(first[0])}"
+        if len(first) > 1:
+            where += f", feature {tuple(int(i) for i in first[1:])}"
+        raise InputError(f"{name} has NaN or infinite values (first in {where})")
 
 
 def _providers(device: str) -> list:
@@ -290,14 +319,78 @@ def _providers(device: str) -> list:
     raise InputError(f"device must be 'cpu' or 'cuda', got {device!r}")
 
 
-def _verified_bytes(file, sha256: str, where: str) -> bytes:
-    """Read a graph and check it against the manifest's hash before onnxruntime sees it."""
+def _bundle_dir(path) -> tuple:
+    if path is None:
+        return default_model_dir(), "default model"
+    if not Path(path).is_dir():
+        raise BundleError(f"{path}: not a model bundle directory")
+    return Path(path), str(path)
+
+
+def _bundle_manifest(directory, where: str) -> Manifest:
+    manifest_file = directory / MANIFEST_FILE
+    if not manifest_file.is_file():
+        raise BundleError(f"{where}: not a model bundle (no {MANIFEST_FILE})")
+    return read_manifest(manifest_file.read_text(encoding="utf-8"), where)
+
+
+def _read_graph(file, where: str) -> bytes:
     if not file.is_file():
         raise BundleError(f"{where}: missing graph file {file.name}")
-    data = file.read_bytes()
-    if hashlib.sha256(data).hexdigest() != sha256:
-        raise BundleError(f"{where}: {file.name} does not match the sha256 in {MANIFEST_FILE}")
-    return data
+    return file.read_bytes()
+
+
+def _check_hash(data: bytes, graph, where: str) -> None:
+    if hashlib.sha256(data).hexdigest() != graph.sha256:
+        raise BundleError(f"{where}: {graph.file} does not match the sha256 in {MANIFEST_FILE}")
+
+
+def _check_self_contained(data: bytes, graph, where: str) -> None:
+    try:
+        external = external_data_locations(data)
+    except ProtobufError as e:
+        raise BundleError(f"{where}: {graph.file} is not a valid ONNX file ({e})") from None
+    if external:
+        raise BundleError(
+            f"{where}: {graph.file} refers to external data {external[0]!r}; bundle graphs "
+            "must be self-contained (the hash covers only the .onnx file)"
+        )
+
+
+def verify_bundle(path: str | Path | None = None) -> list[tuple[str, bool, str]]:
+    """Check a bundle step by step and return (check, passed, detail) for each. A bad
+    bundle is reported, not raised; checks that need an earlier one to pass are skipped."""
+    try:
+        directory, where = _bundle_dir(path)
+        manifest = _bundle_manifest(directory, where)
+    except VAEEdgeError as e:
+        return [("manifest", False, str(e))]
+    report = [("manifest", True, f"format {manifest.format_version}, fields valid")]
+    for graph in (manifest.encoder, manifest.decoder):
+        for check, step, detail in (
+            ("sha256", _check_hash, graph.sha256),
+            ("self-contained", _check_self_contained, "no external data"),
+        ):
+            try:
+                step(_read_graph(directory / graph.file, where), graph, where)
+                report.append((f"{graph.file} {check}", True, detail))
+            except VAEEdgeError as e:
+                report.append((f"{graph.file} {check}", False, str(e)))
+    if not all(passed for _, passed, _ in report):
+        return report
+    check = "graphs load in onnxruntime; inputs and outputs match the manifest"
+    try:
+        model = EdgeVAE.load(path)
+    except VAEEdgeError as e:
+        return [*report, (check, False, str(e))]
+    report.append((check, True, ", ".join(model._encoder.get_providers())))
+    x = model.sample(4, seed=0)
+    scores = model.score(x, samples=2, seed=0)
+    finite = bool(np.isfinite(x).all() and np.isfinite(scores).all())
+    report.append(("sample and score give finite numbers", finite, f"scores {scores}"))
+    same = np.array_equal(scores, model.score(x, samples=2, seed=0))
+    report.append(("the same seed gives the same scores", same, "bit for bit" if same else ""))
+    return report
 
 
 def _check_signature(session, graph, manifest: Manifest, where: str) -> None:
