@@ -122,7 +122,10 @@ def export(run_dir, model_dir, force):
 @no_verify_option
 def sample(model_dir, n, seed, output, device, threads, no_verify):
     """Draw N new samples from the model."""
+    from vae_edge.runtime.data import check_writable
+
     suffix = _suffix(output, SAMPLE_FORMATS)
+    check_writable(output)
     model = _load(model_dir, device, threads, not no_verify)
     if suffix == ".png" and not model.manifest.is_image:
         raise click.BadParameter("PNG output needs an image model; use .npy", param_hint="-o")
@@ -149,12 +152,12 @@ def score(model_dir, input_path, samples, seed, batch_size, output, device, thre
     .npy and .csv inputs are streamed in chunks, so memory does not grow with the file."""
     import numpy as np
 
-    from vae_edge.runtime.data import stream_input
+    from vae_edge.runtime.data import check_writable, stream_input
     from vae_edge.runtime.errors import InputError
 
     suffix = _suffix(output, SCORE_FORMATS) if output else ".csv"
-    if output is not None and not output.parent.is_dir():
-        raise click.BadParameter(f"directory {output.parent} does not exist", param_hint="-o")
+    if output is not None:
+        check_writable(output)
     model = _load(model_dir, device, threads, not no_verify)
     model.batch_size = batch_size
     try:

@@ -61,10 +61,9 @@ def read_input(path: str | Path) -> np.ndarray:
             if key in arrays:
                 return arrays[key]
         raise InputError(f"{path}: no 'x' or 'x_test' array (has: {', '.join(arrays)})")
-    if suffix == ".npy":
-        return _npy(path)
-    if suffix == ".csv":
-        return _csv(path)
+    if suffix in (".npy", ".csv"):
+        parts = list(stream_input(path, rows=1 << 62)[1])
+        return parts[0] if len(parts) == 1 else np.concatenate(parts)
     if suffix == ".png":
         return _png(path)[None]
     raise InputError(f"{path}: unsupported file type (use {', '.join(SUFFIXES)} or a PNG folder)")
@@ -76,9 +75,9 @@ def stream_input(path: str | Path, rows: int = 4096) -> tuple[int | None, Iterat
     formats are read whole. Returns (number of samples if known, iterator of chunks)."""
     path = _existing(path)
     suffix = path.suffix.lower()
-    if suffix == ".npy" and path.is_file():
+    if suffix == ".npy" and not path.is_dir():
         return _stream_npy(path, rows)
-    if suffix == ".csv" and path.is_file():
+    if suffix == ".csv" and not path.is_dir():
         return None, _stream_csv(path, rows)
     x = read_input(path)
     return len(x), (x[i : i + rows] for i in range(0, max(len(x), 1), rows))
@@ -87,6 +86,9 @@ def stream_input(path: str | Path, rows: int = 4096) -> tuple[int | None, Iterat
 def _stream_npy(path: Path, rows: int) -> tuple[int, Iterator[np.ndarray]]:
     fmt = np.lib.format
     with open(path, "rb") as f:
+        if f.read(6) != b"\x93NUMPY":
+            raise InputError(f"{path}: not a valid .npy file (no NPY header)")
+        f.seek(0)
         try:
             version = fmt.read_magic(f)
             if version not in ((1, 0), (2, 0)):
@@ -121,6 +123,7 @@ def _stream_npy(path: Path, rows: int) -> tuple[int, Iterator[np.ndarray]]:
 
 
 def _stream_csv(path: Path, rows: int) -> Iterator[np.ndarray]:
+    """Numeric CSV, comma separated; a first line that is not numeric is taken as a header."""
     first = _csv_first_line(path)
     with open(path, encoding="utf-8") as f:
         if not _is_numeric_row(first):
@@ -145,9 +148,7 @@ def _existing(path: str | Path) -> Path:
 
 
 def _npy(path: Path) -> np.ndarray:
-    with open(path, "rb") as f:
-        if f.read(6) != b"\x93NUMPY":
-            raise InputError(f"{path}: not a valid .npy file (no NPY header)")
+    """np.load, for the .npy layouts that are not streamed (Fortran order, format 3.0)."""
     try:
         return np.load(path, allow_pickle=False)
     except ValueError as e:
@@ -172,11 +173,6 @@ def _npz(path: Path) -> dict[str, np.ndarray]:
         raise InputError(f"{path}: not a valid .npz file ({e})") from None
     except (OSError, EOFError, zipfile.BadZipFile) as e:
         raise InputError(f"{path}: not a valid .npz file ({e})") from None
-
-
-def _csv(path: Path) -> np.ndarray:
-    """Numeric CSV, comma separated; a first line that is not numeric is taken as a header."""
-    return np.concatenate(list(_stream_csv(path, 1 << 16)))
 
 
 def _csv_first_line(path: Path) -> str:
@@ -268,10 +264,7 @@ def atomic_output(path: str | Path):
     """Yield a temporary path beside `path`; move it into place only if the block succeeds,
     so a failed or interrupted run leaves no partial file and the old file intact."""
     path = Path(path)
-    if not path.parent.is_dir():
-        raise InputError(f"{path}: directory {path.parent} does not exist")
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
+    tmp = _temporary_beside(path)
     os.chmod(tmp, 0o666 & ~umask())  # mkstemp makes 0600; give the file its usual mode
     try:
         yield Path(tmp)
@@ -302,6 +295,24 @@ def image_grid(images: np.ndarray, columns: int | None = None) -> np.ndarray:
         top, left = gap + r * (h + gap), gap + c * (w + gap)
         grid[top : top + h, left : left + w] = image
     return np.round(grid * 255).astype(np.uint8)
+
+
+def check_writable(path: str | Path) -> None:
+    """Fail now, before any work, if `path` could not be written."""
+    os.unlink(_temporary_beside(Path(path)))
+
+
+def _temporary_beside(path: Path) -> str:
+    if not path.parent.is_dir():
+        raise InputError(f"{path}: directory {path.parent} does not exist")
+    if path.is_dir():
+        raise InputError(f"{path}: is a directory")
+    try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as e:
+        raise InputError(f"{path}: cannot write in {path.parent} ({e.strerror})") from None
+    os.close(fd)
+    return tmp
 
 
 def umask() -> int:

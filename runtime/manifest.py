@@ -121,8 +121,7 @@ class Manifest:
         version = _get(d, "format_version", int)
         _check(
             version == FORMAT_VERSION,
-            f"manifest format_version {version} is not supported (this runtime reads "
-            f"{FORMAT_VERSION})",
+            f"format_version {version} is not supported (this runtime reads {FORMAT_VERSION})",
         )
         likelihood = _get(d, "likelihood", str)
         _check(likelihood in LIKELIHOODS, f"unknown likelihood {likelihood!r}")

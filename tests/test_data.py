@@ -54,14 +54,6 @@ def test_corrupt_numpy_files(tmp_path, name, content):
         read_input(tmp_path / name)
 
 
-def test_truncated_npy(tmp_path):
-    np.save(tmp_path / "d.npy", np.zeros((100, 10)))
-    data = (tmp_path / "d.npy").read_bytes()
-    (tmp_path / "d.npy").write_bytes(data[: len(data) // 2])
-    with pytest.raises(InputError, match="not a valid .npy"):
-        read_input(tmp_path / "d.npy")
-
-
 def test_csv_with_and_without_header(tmp_path):
     (tmp_path / "a.csv").write_text("1,2,3\n4,5,6\n")
     (tmp_path / "b.csv").write_text("f1,f2,f3\n1,2,3\n4,5,6\n")
