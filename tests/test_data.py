@@ -2,6 +2,8 @@
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from PIL import Image
 
 from vae_edge.runtime.data import image_grid, read_data, read_input
@@ -121,3 +123,23 @@ def test_image_grid_takes_channels_first_and_last():
     first = image_grid(rgb)
     last = image_grid(np.moveaxis(rgb, 1, -1))
     assert first.shape == (2 * 10 + 2, 2 * 10 + 2, 3) and np.array_equal(first, last)
+
+
+cells = st.one_of(
+    st.floats(allow_nan=False, allow_infinity=False).map(repr),
+    st.integers(-1000, 1000).map(str),
+    st.sampled_from(["", "x", "1e", "nan", " 3 ", "--1"]),
+)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.lists(cells, min_size=1, max_size=4), min_size=0, max_size=6))
+def test_csv_reader_gives_a_numeric_array_or_the_documented_error(tmp_path_factory, rows):
+    path = tmp_path_factory.mktemp("csv") / "d.csv"
+    path.write_text("".join(",".join(row) + "\n" for row in rows))
+    try:
+        x = read_input(path)
+    except InputError as e:
+        assert str(e).startswith(f"{path}: ") and "\n" not in str(e)
+        return
+    assert x.ndim == 2 and x.dtype == np.float64 and len(x) >= 1
