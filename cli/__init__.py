@@ -134,42 +134,76 @@ def sample(model_dir, n, seed, output, device, threads, no_verify):
     click.echo(f"wrote {n} samples to {output}")
 
 
+score_type_option = click.option(
+    "--score-type",
+    type=click.Choice(["recon", "elbo", "iwae"]),
+    help="recon: reconstruction loss; elbo: + KL (default); iwae: importance-weighted bound.",
+)
+
+
 @cli.command()
 @model_option
 @click.argument("input_path", metavar="INPUT", type=click.Path(path_type=Path))
-@click.option("--samples", type=click.IntRange(min=0), default=1, show_default=True,
-              help="z draws per sample; 0 = deterministic (z = mu).")  # fmt: skip
-@seed_option
+@score_type_option
+@click.option("--samples", type=click.IntRange(min=0),
+              help="z draws per sample; 0 = deterministic, z = mu (default).")  # fmt: skip
+@click.option("--seed", type=click.IntRange(min=0), help="NumPy noise seed (default 0).")
 @click.option("--batch-size", type=click.IntRange(min=1), default=1024, show_default=True)
+@click.option("--threshold", type=float, help="Flag scores above this (overrides the model's).")
+@click.option("--per-feature", is_flag=True,
+              help="Add each feature's reconstruction loss (CSV / JSONL).")  # fmt: skip
 @click.option("-o", "--output", type=click.Path(path_type=Path),
               help="OUT.csv, OUT.npy or OUT.jsonl (default: CSV on stdout).")  # fmt: skip
 @device_option
 @threads_option
 @no_verify_option
-def score(model_dir, input_path, samples, seed, batch_size, output, device, threads, no_verify):
-    """Score INPUT (.npz/.npy/.csv/.png or a PNG folder): reconstruction loss per sample.
+def score(model_dir, input_path, score_type, samples, seed, batch_size, threshold, per_feature,
+          output, device, threads, no_verify):  # fmt: skip
+    """Score INPUT (.npz/.npy/.csv/.png or a PNG folder): anomaly score per sample.
 
-    .npy and .csv inputs are streamed in chunks, so memory does not grow with the file."""
+    Scoring settings left out are the ones stored with the model's threshold, if it has
+    one, so is_anomaly means what calibrate meant. .npy and .csv inputs are streamed in
+    chunks, so memory does not grow with the file."""
     import numpy as np
 
     from vae_edge.runtime.data import check_writable, stream_input
     from vae_edge.runtime.errors import InputError
 
     suffix = _suffix(output, SCORE_FORMATS) if output else ".csv"
+    if per_feature and suffix == ".npy":
+        raise click.BadParameter("--per-feature needs .csv or .jsonl output", param_hint="-o")
     if output is not None:
         check_writable(output)
     model = _load(model_dir, device, threads, not no_verify)
     model.batch_size = batch_size
+    t = model.manifest.threshold
+    options = {
+        "score_type": score_type or (t.score_type if t else "elbo"),
+        "samples": samples if samples is not None else (t.samples if t else 0),
+        "seed": seed if seed is not None else (t.seed if t else 0),
+    }
+    if (
+        t is not None
+        and threshold is None
+        and any(options[k] != getattr(t, k) for k in ("score_type", "samples", "seed"))
+    ):
+        click.echo("note: scoring differs from the threshold's settings; is_anomaly may mislead",
+                   err=True)  # fmt: skip
     try:
         total, chunks = stream_input(input_path, rows=max(batch_size, 4096))
-        parts = []
+        parts, features = [], []
         show = total is not None and sys.stderr.isatty()  # CSV: length unknown, no bar
         with click.progressbar(
             length=total or 1, label="scoring", file=sys.stderr, hidden=not show
         ) as bar:
-            for part in model.score_chunks(chunks, samples=samples, seed=seed):
-                parts.append(part)
-                bar.update(len(part))
+            for chunk in chunks:
+                parts.extend(model.score_chunks([chunk], **options))
+                if per_feature:
+                    features.extend(
+                        model.score_chunks([chunk], options["samples"], options["seed"],
+                                           "recon", per_feature=True)
+                    )  # fmt: skip
+                bar.update(len(parts[-1]))
     except InputError as e:
         message = str(e)
         if not message.startswith(str(input_path)):
@@ -178,16 +212,69 @@ def score(model_dir, input_path, samples, seed, batch_size, output, device, thre
     scores = np.concatenate(parts)
     if len(scores) == 0:
         raise InputError(f"{input_path}: holds no samples")
-    t = model.manifest.threshold
-    flags = None if t is None else scores > t.value
-    if t is not None and (t.samples, t.seed) != (samples, seed):
-        click.echo(
-            f"note: the threshold was set with --samples {t.samples} --seed {t.seed}", err=True
-        )
+    limit = threshold if threshold is not None else (t.value if t else None)
+    flags = None if limit is None else scores > limit
+    per_row = np.concatenate(features).reshape(len(scores), -1) if per_feature else None
     if output is None:
-        click.echo(_csv(scores, flags), nl=False)
+        click.echo(_csv(scores, flags, per_row), nl=False)
     else:
-        _write_scores(output, suffix, scores, flags)
+        _write_scores(output, suffix, scores, flags, per_row)
+
+
+@cli.command()
+@click.option("--model", "model_dir", required=True, type=click.Path(path_type=Path),
+              help="Bundle to store the threshold in.")  # fmt: skip
+@click.option("--data", "data_path", required=True, type=click.Path(path_type=Path),
+              help="Normal data (or data with --contamination anomalies).")  # fmt: skip
+@click.option("--quantile", type=click.FloatRange(0, 1, min_open=True, max_open=True),
+              help="Threshold = this quantile of the scores (default 0.99).")  # fmt: skip
+@click.option("--contamination", type=click.FloatRange(0, 1, min_open=True, max_open=True),
+              help="Expected fraction of anomalies in --data.")  # fmt: skip
+@score_type_option
+@click.option("--samples", type=click.IntRange(min=0), default=0, show_default=True)
+@seed_option
+def calibrate(model_dir, data_path, quantile, contamination, score_type, samples, seed):
+    """Set the model's anomaly threshold from data; stored in its vae.json."""
+    from vae_edge.runtime import anomaly
+    from vae_edge.runtime.data import read_input
+
+    if quantile is not None and contamination is not None:
+        raise click.UsageError("give --quantile or --contamination, not both")
+    model = _load(model_dir, "cpu", None)
+    t = anomaly.calibrate(model, read_input(data_path), quantile, contamination,
+                          score_type or "elbo", samples, seed)  # fmt: skip
+    anomaly.write_threshold(model_dir, t)
+    click.echo(
+        f"threshold {t.value:.6g} ({t.rule} of {t.count} {t.score_type} scores, "
+        f"samples {t.samples}, seed {t.seed}) written to {model_dir / 'vae.json'}"
+    )
+
+
+@cli.command()
+@model_option
+@click.option("--data", "data_path", required=True, type=click.Path(path_type=Path),
+              help="Labeled .npz: x and y (1 = anomaly).")  # fmt: skip
+@click.option("--json", "json_path", type=click.Path(path_type=Path), help="Also write OUT.json.")
+def evaluate(model_dir, data_path, json_path):
+    """AUROC, AUPRC, and precision/recall/F1 at the model's threshold on labeled data."""
+    from vae_edge.runtime import anomaly
+    from vae_edge.runtime.data import atomic_output, check_writable, read_data
+    from vae_edge.runtime.errors import InputError
+
+    if json_path is not None:
+        check_writable(json_path)
+    data = read_data(data_path)
+    x, y = (data.x, data.y) if data.y is not None else (data.x_test, data.y_test)
+    if y is None or x is None:
+        raise InputError(f"{data_path}: needs labels: arrays x and y (or x_test and y_test)")
+    model = _load(model_dir, "cpu", None)
+    result = anomaly.evaluate(model, x, y)
+    for key, value in result.items():
+        shown = "n/a" if value is None else f"{value:.4f}" if isinstance(value, float) else value
+        click.echo(f"{key:<12}{shown}")
+    if json_path is not None:
+        with atomic_output(json_path) as tmp:
+            tmp.write_text(json.dumps(result, indent=2) + "\n")
 
 
 @cli.command()
@@ -275,16 +362,20 @@ def _write(output: Path, samples, model, suffix: str) -> None:
                 np.save(f, samples)
 
 
-def _csv(scores, flags) -> str:
+def _csv(scores, flags, per_row=None) -> str:
     header = "index,score" + (",is_anomaly" if flags is not None else "")
-    rows = [
-        f"{i},{float(s):.9g}" + (f",{int(flags[i])}" if flags is not None else "")
-        for i, s in enumerate(scores)
-    ]
+    if per_row is not None:
+        header += "".join(f",feature_{j}" for j in range(per_row.shape[1]))
+    rows = []
+    for i, s in enumerate(scores):
+        row = f"{i},{float(s):.9g}" + (f",{int(flags[i])}" if flags is not None else "")
+        if per_row is not None:
+            row += "".join(f",{float(v):.6g}" for v in per_row[i])
+        rows.append(row)
     return "\n".join([header, *rows]) + "\n"
 
 
-def _write_scores(output: Path, suffix: str, scores, flags) -> None:
+def _write_scores(output: Path, suffix: str, scores, flags, per_row=None) -> None:
     import numpy as np
 
     from vae_edge.runtime.data import atomic_output
@@ -297,11 +388,12 @@ def _write_scores(output: Path, suffix: str, scores, flags) -> None:
             rows = (
                 {"index": i, "score": float(s)}
                 | ({} if flags is None else {"is_anomaly": bool(flags[i])})
+                | ({} if per_row is None else {"features": per_row[i].tolist()})
                 for i, s in enumerate(scores)
             )
             tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
         else:
-            tmp.write_text(_csv(scores, flags))
+            tmp.write_text(_csv(scores, flags, per_row))
 
 
 def main() -> None:

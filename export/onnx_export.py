@@ -26,7 +26,7 @@ from vae_edge.runtime.data import umask
 from vae_edge.runtime.errors import InputError, VAEEdgeError
 from vae_edge.runtime.manifest import FORMAT_VERSION, MANIFEST_FILE, Graph, Manifest
 from vae_edge.runtime.model import EdgeVAE, draw_latents
-from vae_edge.training.model import VAE, reconstruction_nll
+from vae_edge.training.model import VAE, kl_divergence, reconstruction_nll
 from vae_edge.training.train import load_run
 
 OPSET = 18
@@ -119,6 +119,7 @@ def _build(vae: VAE, config: dict, folder: Path) -> Manifest:
             "summary": config["summary"],
         },
         "threshold": None,
+        "observation_logvar": _observation_logvar(vae),
     }
     manifest = Manifest.from_dict(manifest_dict)
     (folder / MANIFEST_FILE).write_text(manifest.to_json())
@@ -126,6 +127,11 @@ def _build(vae: VAE, config: dict, folder: Path) -> Manifest:
     manifest = Manifest.from_dict(manifest_dict | {"parity": parity})
     (folder / MANIFEST_FILE).write_text(manifest.to_json())
     return manifest
+
+
+def _observation_logvar(vae: VAE) -> list[float] | None:
+    logvar = vae.observation_logvar()
+    return None if logvar is None else logvar.detach().flatten().tolist()
 
 
 def _export_graph(module, example, file: Path, inputs, outputs) -> None:
@@ -174,7 +180,8 @@ def check_parity(vae: VAE, edge: EdgeVAE, seed: int = 0) -> dict[str, float]:
     rtol 1e-4 / atol 1e-5. Returns the max absolute differences."""
     rng = np.random.default_rng(seed)
     k = edge.manifest.latent_dim
-    worst = {"mu": 0.0, "logvar": 0.0, "decoder": 0.0, "score": 0.0}
+    worst = {"mu": 0.0, "logvar": 0.0, "decoder": 0.0, "score": 0.0, "elbo": 0.0}
+    obs_logvar = vae.observation_logvar()
     for n in PARITY_BATCHES:
         raw = edge.manifest.preprocessing.invert(_example_inputs(edge, rng, n))
         xp = edge.preprocess(raw)
@@ -184,20 +191,24 @@ def check_parity(vae: VAE, edge: EdgeVAE, seed: int = 0) -> dict[str, float]:
             dec_t = vae.decode(torch.from_numpy(z)).numpy()
         mu_o, logvar_o = edge.encode(raw)
         dec_o = edge._decode(z)
-        score_o = edge.score(raw, samples=1, seed=seed)
+        score_o = edge.score(raw, samples=1, seed=seed, score_type="recon")
+        elbo_o = edge.score(raw, samples=0, score_type="elbo")
         eps_z = draw_latents(mu_o, logvar_o, 1, np.random.default_rng(seed))[:, 0]
         with torch.no_grad():
             # Same eps through PyTorch: z from ORT's mu/logvar so only the decoder and loss
             # differ; the encoder is compared on its own above.
+            x_t, likelihood = torch.from_numpy(xp), edge.manifest.likelihood
             params = vae.decode(torch.from_numpy(eps_z))
-            score_t = reconstruction_nll(
-                torch.from_numpy(xp), params, edge.manifest.likelihood
-            ).numpy()
+            score_t = reconstruction_nll(x_t, params, likelihood, obs_logvar).numpy()
+            mu, logvar = vae.encode(x_t)
+            elbo_t = reconstruction_nll(x_t, vae.decode(mu), likelihood, obs_logvar)
+            elbo_t = (elbo_t + kl_divergence(mu, logvar)).numpy()
         for name, a, b in (
             ("mu", mu_o, mu_t),
             ("logvar", logvar_o, logvar_t),
             ("decoder", dec_o, dec_t),
             ("score", score_o, score_t),
+            ("elbo", elbo_o, elbo_t),
         ):
             if a.shape != b.shape or not np.allclose(a, b, rtol=RTOL, atol=ATOL):
                 raise ExportError(

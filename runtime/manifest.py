@@ -66,12 +66,16 @@ class Graph:
 
 @dataclass(frozen=True)
 class Threshold:
-    """A score above `value` is an anomaly; scores must be computed with `samples` and `seed`."""
+    """A score above `value` is an anomaly; scores are computed with `score_type`,
+    `samples` and `seed`. The rest records how the value was obtained."""
 
     value: float
+    score_type: str = "elbo"
     samples: int = 0
     seed: int = 0
-    source: str = ""
+    rule: str = ""  # e.g. "quantile 0.99" or "contamination 0.05"
+    data_sha256: str = ""
+    count: int = 0
 
 
 @dataclass(frozen=True)
@@ -89,6 +93,7 @@ class Manifest:
     parity: dict[str, float] = field(default_factory=dict)
     training: dict[str, Any] = field(default_factory=dict)
     threshold: Threshold | None = None
+    observation_logvar: list[float] | None = None  # Gaussian variance learned per feature
     format_version: int = FORMAT_VERSION
     input_dtype: str = "float32"  # what the encoder graph takes, after preprocessing
 
@@ -153,6 +158,11 @@ class Manifest:
             parity=_get(d, "parity", dict),
             training=_get(d, "training", dict),
             threshold=_threshold(d.get("threshold")),
+            observation_logvar=_observation_logvar(d.get("observation_logvar"), math.prod(shape)),
+        )
+        _check(
+            manifest.observation_logvar is None or likelihood == "gaussian",
+            "observation_logvar is only for a gaussian likelihood",
         )
         _check(
             likelihood != "bernoulli" or manifest.preprocessing.kind == "scale",
@@ -231,15 +241,32 @@ def _threshold(d: Any) -> Threshold | None:
     if d is None:
         return None
     _check(isinstance(d, dict), "threshold must be an object or null")
-    samples, seed = d.get("samples", 0), d.get("seed", 0)
-    _check(_is_int(samples) and samples >= 0, "threshold.samples must be an integer >= 0")
-    _check(_is_int(seed) and seed >= 0, "threshold.seed must be an integer >= 0")
+    samples, seed, count = d.get("samples", 0), d.get("seed", 0), d.get("count", 0)
+    for name, value in (("samples", samples), ("seed", seed), ("count", count)):
+        _check(_is_int(value) and value >= 0, f"threshold.{name} must be an integer >= 0")
+    score_type = d.get("score_type", "elbo")
+    _check(score_type in ("recon", "elbo", "iwae"), f"unknown threshold.score_type {score_type!r}")
     return Threshold(
         value=float(_get(d, "value", float, "threshold")),
+        score_type=score_type,
         samples=samples,
         seed=seed,
-        source=str(d.get("source", "")),
+        rule=str(d.get("rule", "")),
+        data_sha256=str(d.get("data_sha256", "")),
+        count=count,
     )
+
+
+def _observation_logvar(values: Any, n_features: int) -> list[float] | None:
+    if values is None:
+        return None
+    _check(
+        isinstance(values, list)
+        and len(values) == n_features
+        and all((_is_int(v) or isinstance(v, float)) and math.isfinite(v) for v in values),
+        f"observation_logvar must be null or a list of {n_features} finite numbers",
+    )
+    return [float(v) for v in values]
 
 
 def read_manifest(text: str, where: str) -> Manifest:

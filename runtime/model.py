@@ -20,6 +20,8 @@ from vae_edge.runtime.errors import BundleError, InputError, VAEEdgeError
 from vae_edge.runtime.manifest import MANIFEST_FILE, Manifest, read_manifest
 from vae_edge.runtime.protobuf import ProtobufError, external_data_locations
 
+SCORE_TYPES = ("recon", "elbo", "iwae")
+DEFAULT_SCORE_TYPE = "elbo"  # best on the ODDS benchmark (README, benchmarks/results/)
 DEFAULT_SEED = 0  # seed=None means this, so score() and predict() agree call after call
 DEFAULT_BATCH_SIZE = 1024
 HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
@@ -50,6 +52,11 @@ class EdgeVAE:
         self._z_name = decoder.get_inputs()[0].name
         self._encoder_outputs = manifest.encoder.outputs
         self._decoder_outputs = manifest.decoder.outputs[:1]
+        self._obs_logvar = None
+        if manifest.observation_logvar is not None:
+            shape = manifest.input_shape
+            self._obs_logvar = np.asarray(manifest.observation_logvar, np.float32).reshape(shape)
+            self._obs_precision = np.exp(-self._obs_logvar)
 
     @classmethod
     def load(
@@ -140,41 +147,73 @@ class EdgeVAE:
             out.append(self._decode(draw_latents(mu, logvar, 1, rng).reshape(mu.shape)))
         return self._to_data(np.concatenate(out) if out else self._empty())
 
-    def score(self, x, samples: int = 1, seed: int | None = None) -> np.ndarray:
-        """Reconstruction loss per sample, (N,) float32: the negative log-likelihood of x
-        under the decoder, in nats, the same units as the training loss's first term.
+    def score(
+        self,
+        x,
+        samples: int = 0,
+        seed: int | None = None,
+        score_type: str = DEFAULT_SCORE_TYPE,
+    ) -> np.ndarray:
+        """Anomaly score per sample, (N,) float32, in nats (higher = more anomalous).
 
-        samples=0 decodes z = mu (deterministic); samples=L averages the loss over L draws
-        z = mu + exp(logvar / 2) * eps (encoder once, decoder once on all L draws).
+        score_type "recon": the reconstruction loss -log p(x|z), the first term of the
+        training loss; "elbo" (default): -ELBO = reconstruction loss + KL(q(z|x) || p(z)),
+        the KL saying how unusual the sample's code is; "iwae": -L_k, the importance-
+        weighted bound with k = samples draws (tighter than -ELBO).
+        samples=0 (default) decodes z = mu: deterministic, and the best default on the
+        benchmark. samples=L averages over L draws z = mu + exp(logvar / 2) * eps, with eps
+        from NumPy seeded by `seed` (encoder once, decoder once on all L draws).
         """
-        return np.concatenate([np.zeros(0, np.float32), *self.score_chunks([x], samples, seed)])
+        chunks = self.score_chunks([x], samples, seed, score_type)
+        return np.concatenate([np.zeros(0, np.float32), *chunks])
+
+    def feature_scores(self, x, samples: int = 0, seed: int | None = None) -> np.ndarray:
+        """Reconstruction loss of each feature, (N, *input_shape): which features make a
+        sample anomalous. Sums over features to score(..., score_type="recon")."""
+        chunks = self.score_chunks([x], samples, seed, "recon", per_feature=True)
+        return np.concatenate([self._empty(), *chunks])
 
     def score_chunks(
-        self, chunks: Iterable, samples: int = 1, seed: int | None = None
+        self,
+        chunks: Iterable,
+        samples: int = 0,
+        seed: int | None = None,
+        score_type: str = DEFAULT_SCORE_TYPE,
+        per_feature: bool = False,
     ) -> Iterator[np.ndarray]:
         """Score an iterable of arrays as one long array, yielding the scores of each chunk:
         the same numbers as score(concatenated chunks), with memory bounded by one chunk.
         Rows are validated and preprocessed batch by batch, never copied whole."""
         if not isinstance(samples, (int, np.integer)) or isinstance(samples, bool) or samples < 0:
             raise InputError(f"samples must be an integer >= 0, got {samples!r}")
+        if score_type not in SCORE_TYPES:
+            raise InputError(
+                f"score_type must be one of {', '.join(SCORE_TYPES)}, got {score_type!r}"
+            )
+        if score_type == "iwae" and samples < 1:
+            raise InputError("score_type iwae needs samples >= 1 (the k of L_k)")
         rng = _rng(seed)
         rows = max(1, self.batch_size // max(samples, 1))
         offset = 0
         for chunk in chunks:
             x = self._as_samples(chunk)
-            out = [np.zeros(0, np.float32)]
+            out = [self._empty() if per_feature else np.zeros(0, np.float32)]
             for i in range(0, len(x), rows):
                 xp = self._preprocess(x[i : i + rows], offset + i)
-                out.append(self._score(xp, samples, rng))
+                out.append(self._score(xp, samples, rng, score_type, per_feature))
             offset += len(x)
             yield np.concatenate(out)
 
-    def predict(self, x) -> np.ndarray:
-        """True where score > threshold, with the scoring settings stored with the threshold."""
+    def predict(self, x, threshold: float | None = None) -> np.ndarray:
+        """True where score > threshold. Scores are computed with the settings stored with
+        the model's threshold (score type, samples, seed); `threshold` overrides its value."""
         t = self.manifest.threshold
-        if t is None:
+        if t is None and threshold is None:
             raise BundleError(f"{self.source}: the model has no threshold; predict needs one")
-        return self.score(x, samples=t.samples, seed=t.seed) > t.value
+        if t is None:
+            return self.score(x) > threshold
+        value = t.value if threshold is None else threshold
+        return self.score(x, samples=t.samples, seed=t.seed, score_type=t.score_type) > value
 
     def preprocess(self, x) -> np.ndarray:
         """Validate raw input and preprocess it to the encoder's float32 input, exactly as
@@ -227,19 +266,35 @@ class EdgeVAE:
     def _decode(self, z: np.ndarray) -> np.ndarray:
         return self._decoder.run(self._decoder_outputs, {self._z_name: z})[0]
 
-    def _score(self, xp: np.ndarray, samples: int, rng: np.random.Generator) -> np.ndarray:
+    def _score(self, xp, samples: int, rng, score_type: str, per_feature: bool) -> np.ndarray:
         mu, logvar = self._encode(xp)
-        if samples == 0:
-            return self.nll(xp, self._decode(mu))
-        z = draw_latents(mu, logvar, samples, rng)  # (n, L, k)
-        params = self._decode(z.reshape(-1, z.shape[-1]))
-        params = params.reshape(len(xp), samples, *self.manifest.input_shape)
-        return self.nll(xp[:, None], params).mean(axis=1)
+        n, k = mu.shape
+        z = mu[:, None] if samples == 0 else draw_latents(mu, logvar, samples, rng)  # (n, L, k)
+        params = self._decode(z.reshape(-1, k)).reshape(n, z.shape[1], *self.manifest.input_shape)
+        elementwise = self._elementwise_nll(xp[:, None], params)  # (n, L, *input_shape)
+        if per_feature:
+            return elementwise.mean(axis=1)
+        recon = elementwise.reshape(n, z.shape[1], -1).sum(axis=2, dtype=np.float32)  # (n, L)
+        if score_type == "recon":
+            return recon.mean(axis=1)
+        if score_type == "elbo":
+            kl = -0.5 * np.sum(1 + logvar - np.square(mu) - np.exp(logvar), axis=1)
+            return (recon.mean(axis=1) + kl).astype(np.float32)
+        # iwae: log w = log p(x|z) + log p(z) - log q(z|x); the log(2 pi) terms cancel.
+        eps = (z - mu[:, None]) * np.exp(-0.5 * logvar)[:, None]
+        log_w = -recon - 0.5 * np.sum(np.square(z) - np.square(eps) - logvar[:, None], axis=2)
+        log_w = log_w.astype(np.float64)
+        top = log_w.max(axis=1, keepdims=True)
+        log_mean_w = top[:, 0] + np.log(np.mean(np.exp(log_w - top), axis=1))
+        return (-log_mean_w).astype(np.float32)
 
     def nll(self, xp: np.ndarray, params: np.ndarray) -> np.ndarray:
         """Negative log-likelihood of preprocessed x given decoder output, summed over the
         sample's features (the trailing input_shape axes; leading axes broadcast)."""
         axes = tuple(range(-len(self.manifest.input_shape), 0))
+        return self._elementwise_nll(xp, params).sum(axis=axes, dtype=np.float32)
+
+    def _elementwise_nll(self, xp: np.ndarray, params: np.ndarray) -> np.ndarray:
         if self.manifest.likelihood == "bernoulli":
             # BCE with logits: softplus(l) - x * l, softplus(l) = max(l, 0) + log(1 + e^-|l|).
             # In place with np.exp/np.log, which are SIMD-vectorised for float32;
@@ -251,10 +306,14 @@ class EdgeVAE:
             np.log(t, out=t)
             t += np.maximum(params, 0)
             t -= xp * params
-            return t.sum(axis=axes, dtype=np.float32)
-        sq = np.square(xp - params)
-        constant = HALF_LOG_2PI * self.manifest.n_features
-        return (0.5 * sq.sum(axis=axes, dtype=np.float32) + constant).astype(np.float32)
+            return t
+        t = np.square(xp - params)
+        if self._obs_logvar is not None:  # learned variance per feature
+            t *= self._obs_precision
+            t += self._obs_logvar
+        t *= 0.5
+        t += np.float32(HALF_LOG_2PI)
+        return t
 
     def _to_data(self, params: np.ndarray) -> np.ndarray:
         if self.manifest.likelihood == "bernoulli":

@@ -64,7 +64,11 @@ def test_onnx_matches_pytorch_on_real_digits(mnist_run, mnist_bundle, mnist_smal
     expected = torch.nn.functional.binary_cross_entropy_with_logits(
         logits_t, torch.from_numpy(xp), reduction="none"
     ).sum((1, 2))
-    np.testing.assert_allclose(edge.score(x, samples=0), expected.numpy(), rtol=1e-4)
+    np.testing.assert_allclose(
+        edge.score(x, samples=0, score_type="recon"), expected.numpy(), rtol=1e-4
+    )
+    kl = -0.5 * (1 + logvar_t - mu_t**2 - logvar_t.exp()).sum(1)
+    np.testing.assert_allclose(edge.score(x), (expected + kl).numpy(), rtol=1e-4)
 
 
 def test_parity_gate_fails_loudly_when_the_graphs_differ(mnist_run, mnist_bundle):

@@ -17,8 +17,11 @@ from vae_edge.training.train import choose_likelihood, load_run, train
 
 def test_defaults_follow_the_data():
     assert choose_likelihood(np.zeros((3, 4), np.uint8))[1].scale == pytest.approx(1 / 255)
-    likelihood, prep = choose_likelihood(np.random.default_rng(0).random((3, 4)))
+    unit = np.random.default_rng(0).random((3, 4, 4))
+    likelihood, prep = choose_likelihood(unit)  # images in [0, 1]
     assert likelihood == "bernoulli" and prep.kind == "scale" and prep.scale == 1.0
+    assert choose_likelihood(unit.reshape(3, 16))[0] == "gaussian"  # a table in [0, 1]
+    assert choose_likelihood(np.array([[0.0, 1.0], [1.0, 1.0]]))[0] == "bernoulli"  # 0/1
     x = np.array([[1.0, 5.0, 2.0], [3.0, 5.0, -2.0]])
     likelihood, prep = choose_likelihood(x)
     assert likelihood == "gaussian" and prep.kind == "standardize"
@@ -41,7 +44,8 @@ def test_training_is_reproducible_for_a_seed(tmp_path):
 def test_run_directory_holds_config_log_and_checkpoint(mnist_run):
     config = json.loads((mnist_run / "config.json").read_text())
     assert config["model"] == {
-        "input_shape": [28, 28], "hidden": [128], "latent_dim": 8, "likelihood": "bernoulli"
+        "input_shape": [28, 28], "hidden": [128], "latent_dim": 8, "likelihood": "bernoulli",
+        "variance": "fixed",
     }  # fmt: skip
     assert config["preprocessing"] == {"kind": "scale", "scale": 1 / 255}
     assert config["data"]["n_train"] == 2700 and config["data"]["n_val"] == 300

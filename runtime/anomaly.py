@@ -1,0 +1,131 @@
+"""Thresholds and evaluation for anomaly scores, NumPy only.
+
+calibrate() turns scores of normal data into a threshold (with how it was obtained),
+write_threshold() stores it in a bundle's manifest atomically, evaluate() measures a model
+on labeled data (1 = anomaly).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+from pathlib import Path
+
+import numpy as np
+
+from vae_edge.runtime.data import atomic_output
+from vae_edge.runtime.errors import InputError
+from vae_edge.runtime.manifest import MANIFEST_FILE, Threshold, read_manifest
+from vae_edge.runtime.model import DEFAULT_SCORE_TYPE, EdgeVAE
+
+
+def calibrate(
+    model: EdgeVAE,
+    x,
+    quantile: float | None = None,
+    contamination: float | None = None,
+    score_type: str = DEFAULT_SCORE_TYPE,
+    samples: int = 0,
+    seed: int = 0,
+) -> Threshold:
+    """Threshold from data: the `quantile` of its scores (x normal), or the 1 - contamination
+    quantile (x holding that fraction of anomalies). Default: quantile 0.99."""
+    if quantile is not None and contamination is not None:
+        raise InputError("give either quantile or contamination, not both")
+    if contamination is not None:
+        if not 0 < contamination < 1:
+            raise InputError(f"contamination must be in (0, 1), got {contamination}")
+        q, rule = 1 - contamination, f"contamination {contamination:g}"
+    else:
+        q = 0.99 if quantile is None else quantile
+        if not 0 < q < 1:
+            raise InputError(f"quantile must be in (0, 1), got {q}")
+        rule = f"quantile {q:g}"
+    x = np.asarray(x)
+    scores = model.score(x, samples=samples, seed=seed, score_type=score_type)
+    if len(scores) == 0:
+        raise InputError("no samples to calibrate on")
+    digest = hashlib.sha256(np.ascontiguousarray(x).tobytes()).hexdigest()
+    return Threshold(
+        value=float(np.quantile(scores.astype(np.float64), q)),
+        score_type=score_type,
+        samples=samples,
+        seed=seed,
+        rule=rule,
+        data_sha256=digest,
+        count=len(scores),
+    )
+
+
+def write_threshold(bundle: str | Path, threshold: Threshold | None) -> None:
+    """Store (or with None, remove) the threshold in the bundle's vae.json, atomically."""
+    path = Path(bundle) / MANIFEST_FILE
+    manifest = read_manifest(path.read_text(encoding="utf-8"), str(bundle))
+    updated = dataclasses.replace(manifest, threshold=threshold)
+    with atomic_output(path) as tmp:
+        tmp.write_text(updated.to_json(), encoding="utf-8")
+
+
+def evaluate(model: EdgeVAE, x, y, threshold: float | None = None, **score_options) -> dict:
+    """AUROC and AUPRC of the scores against labels y (1 = anomaly), and precision, recall
+    and F1 at the threshold (the model's unless given; None when there is none)."""
+    y = np.asarray(y)
+    if y.ndim != 1 or len(y) != len(np.asarray(x)):
+        raise InputError(f"labels have shape {y.shape}; one label per sample is needed")
+    if not np.isin(y, (0, 1)).all():
+        raise InputError("labels must be 0 (normal) or 1 (anomaly)")
+    t = model.manifest.threshold
+    if t is not None and not score_options:
+        score_options = {"score_type": t.score_type, "samples": t.samples, "seed": t.seed}
+    scores = model.score(x, **score_options)
+    y = y.astype(bool)
+    result = {
+        "n": int(len(y)),
+        "n_anomalies": int(y.sum()),
+        "auroc": roc_auc(y, scores),
+        "auprc": average_precision(y, scores),
+        "threshold": threshold if threshold is not None else (t.value if t else None),
+        "precision": None,
+        "recall": None,
+        "f1": None,
+    }
+    if result["threshold"] is not None:
+        flagged = scores > result["threshold"]
+        tp = int((flagged & y).sum())
+        precision = tp / max(int(flagged.sum()), 1)
+        recall = tp / max(int(y.sum()), 1)
+        f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+        result.update(precision=precision, recall=recall, f1=f1)
+    return result
+
+
+def roc_auc(y: np.ndarray, scores: np.ndarray) -> float | None:
+    """Area under the ROC curve (Mann-Whitney U, ties counted half). None if y is one class."""
+    y = np.asarray(y, bool)
+    n_pos, n_neg = int(y.sum()), int((~y).sum())
+    if n_pos == 0 or n_neg == 0:
+        return None
+    order = np.argsort(scores, kind="mergesort")
+    ranks = np.empty(len(scores), np.float64)
+    sorted_scores = np.asarray(scores)[order]
+    # average rank for tied scores
+    _, first, counts = np.unique(sorted_scores, return_index=True, return_counts=True)
+    average = first + (counts + 1) / 2
+    ranks[order] = np.repeat(average, counts)
+    return float((ranks[y].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
+def average_precision(y: np.ndarray, scores: np.ndarray) -> float | None:
+    """Area under the precision-recall curve as average precision (the step-wise sum, as
+    scikit-learn computes it). None without anomalies."""
+    y = np.asarray(y, bool)
+    if not y.any():
+        return None
+    order = np.argsort(-np.asarray(scores, np.float64), kind="mergesort")
+    s, hits = np.asarray(scores)[order], y[order]
+    # one point per distinct score (ties move together)
+    last_of_group = np.r_[s[1:] != s[:-1], True]
+    tp = np.cumsum(hits)[last_of_group]
+    predicted = (np.arange(1, len(s) + 1))[last_of_group]
+    precision, recall = tp / predicted, tp / y.sum()
+    return float(np.sum(np.diff(np.r_[0.0, recall]) * precision))
