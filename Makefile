@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo install test model bench lint clean
+.PHONY: demo install test model bench bench-anomaly lint clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -32,6 +32,12 @@ model: build/mnist-run/checkpoint.pt
 # Score latency against PyTorch eager on the same weights; writes benchmarks/results/.
 bench: build/mnist-run/checkpoint.pt
 	$(BIN)/python benchmarks/latency.py build/mnist-run
+
+# Tabular anomaly benchmark on $(VAE_EDGE_DATA)/odds against PyOD's VAE and IForest
+# (about 10 minutes on 2 cores); writes benchmarks/results/anomaly.{json,md}.
+bench-anomaly: install
+	$(BIN)/pip install -q -e '.[train,dev,bench]'
+	$(BIN)/python benchmarks/anomaly.py
 
 lint: install
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .

@@ -72,7 +72,7 @@ def cardio_bundle(cardio, tmp_path_factory) -> Path:
 
     folder = tmp_path_factory.mktemp("cardio")
     np.save(folder / "cardio.npy", cardio["x"])
-    train(str(folder / "cardio.npy"), folder / "run", epochs=3, progress=False)
+    train(str(folder / "cardio.npy"), folder / "run", progress=False)  # the defaults
     export_run(folder / "run", folder / "bundle")
     return folder / "bundle"
 
