@@ -50,7 +50,8 @@ def cli():
 @cli.command()
 @click.option("--data", required=True, help="Training data: .npz/.npy/.csv/PNG path, or 'mnist'.")
 @click.option("--out", "run_dir", required=True, type=click.Path(path_type=Path))
-@click.option("--epochs", type=click.IntRange(min=1), default=10, show_default=True)
+@click.option("--epochs", type=click.IntRange(min=1),
+              help="Default: at least 10 and at least 500 optimizer steps.")  # fmt: skip
 @click.option("--batch-size", type=click.IntRange(min=1), default=128, show_default=True)
 @click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=1e-3, show_default=True)
 @click.option(
@@ -61,6 +62,11 @@ def cli():
 )
 @click.option(
     "--likelihood", type=click.Choice(["bernoulli", "gaussian"]), help="Default: from the data."
+)
+@click.option(
+    "--variance",
+    type=click.Choice(["learned", "fixed"]),
+    help="Gaussian variance per feature: learned (default) or fixed at 1.",
 )
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
 @click.option(
