@@ -112,7 +112,7 @@ def export(run_dir, model_dir, force):
         + ", ".join(map(str, p["batch_sizes"]))
         + ": max |diff| "
         + ", ".join(
-            f"{k} {p['max_abs_diff_' + k]:.2e}" for k in ("mu", "logvar", "decoder", "score")
+            f"{k} {p['max_abs_diff_' + k]:.2e}" for k in ("mu", "logvar", "decoder", "score", "elbo")
         )
     )
 
