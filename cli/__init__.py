@@ -112,7 +112,9 @@ def export(run_dir, model_dir, force):
         + ", ".join(map(str, p["batch_sizes"]))
         + ": max |diff| "
         + ", ".join(
-            f"{k} {p['max_abs_diff_' + k]:.2e}" for k in ("mu", "logvar", "decoder", "score", "elbo")
+            f"{k.removeprefix('max_abs_diff_')} {v:.2e}"
+            for k, v in p.items()
+            if k.startswith("max_abs_diff_")
         )
     )
 
