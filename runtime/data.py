@@ -200,7 +200,9 @@ def _parse_csv_lines(path: Path, lines: list[str], first_line_no: int, columns) 
         if not line.strip():
             continue
         cells = line.rstrip("\r\n").split(",")
-        for cell in cells:
+        for column, cell in enumerate(cells, 1):
+            if not cell.strip():
+                raise InputError(f"{path}: line {number}, column {column}: missing value")
             try:
                 float(cell)
             except ValueError:

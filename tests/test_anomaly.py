@@ -175,3 +175,20 @@ def test_calibrate_refuses_both_rules_and_keeps_the_manifest(cardio_copy, tmp_pa
 def test_predict_without_threshold_is_refused(cardio_bundle):
     with pytest.raises(BundleError, match="no threshold"):
         EdgeVAE.load(cardio_bundle).predict(np.zeros((1, 21)))
+
+
+def test_constant_columns_are_handled(tmp_path):
+    from vae_edge.export.onnx_export import export_run
+    from vae_edge.training.train import train
+
+    rng = np.random.default_rng(0)
+    x = np.column_stack([rng.normal(size=(400, 3)), np.full(400, 7.0)]).astype(np.float32)
+    np.save(tmp_path / "x.npy", x)
+    train(str(tmp_path / "x.npy"), tmp_path / "run", progress=False)
+    export_run(tmp_path / "run", tmp_path / "bundle")
+    model = EdgeVAE.load(tmp_path / "bundle")
+    assert model.manifest.preprocessing.std[3] == 1.0
+    normal = model.score(x[:50])
+    off = x[:50].copy()
+    off[:, 3] = 9.0  # the constant column changes
+    assert np.isfinite(normal).all() and (model.score(off) > normal.max()).all()

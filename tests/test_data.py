@@ -143,3 +143,9 @@ def test_csv_reader_gives_a_numeric_array_or_the_documented_error(tmp_path_facto
         assert str(e).startswith(f"{path}: ") and "\n" not in str(e)
         return
     assert x.ndim == 2 and x.dtype == np.float64 and len(x) >= 1
+
+
+def test_csv_with_a_missing_value(tmp_path):
+    (tmp_path / "d.csv").write_text("1,2,3\n4,,6\n")
+    with pytest.raises(InputError, match="d.csv: line 2, column 2: missing value"):
+        read_input(tmp_path / "d.csv")
