@@ -185,16 +185,8 @@ def score(model_dir, input_path, score_type, samples, seed, batch_size, threshol
     model = _load(model_dir, device, threads, not no_verify)
     model.batch_size = batch_size
     t = model.manifest.threshold
-    options = {
-        "score_type": score_type or (t.score_type if t else "elbo"),
-        "samples": samples if samples is not None else (t.samples if t else 0),
-        "seed": seed if seed is not None else (t.seed if t else 0),
-    }
-    if (
-        t is not None
-        and threshold is None
-        and any(options[k] != getattr(t, k) for k in ("score_type", "samples", "seed"))
-    ):
+    options = model.scoring(score_type, samples, seed)
+    if t is not None and threshold is None and options != model.scoring():
         click.echo("note: scoring differs from the threshold's settings; is_anomaly may mislead",
                    err=True)  # fmt: skip
     try:

@@ -75,9 +75,7 @@ def evaluate(model: EdgeVAE, x, y, threshold: float | None = None, **score_optio
     if not np.isin(y, (0, 1)).all():
         raise InputError("labels must be 0 (normal) or 1 (anomaly)")
     t = model.manifest.threshold
-    if t is not None and not score_options:
-        score_options = {"score_type": t.score_type, "samples": t.samples, "seed": t.seed}
-    scores = model.score(x, **score_options)
+    scores = model.score(x, **model.scoring(**score_options))
     y = y.astype(bool)
     result = {
         "n": int(len(y)),

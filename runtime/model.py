@@ -2,7 +2,8 @@
 
 Data path: raw array -> validated once (shape, dtype, finite, range) -> preprocessed as in
 training (from the manifest) -> encoder graph -> z = mu + exp(logvar / 2) * eps with eps
-from a seeded NumPy Generator -> decoder graph -> negative log-likelihood per sample.
+from a seeded NumPy Generator -> decoder graph -> score per sample (reconstruction loss,
+-ELBO or -L_k).
 """
 
 from __future__ import annotations
@@ -207,13 +208,20 @@ class EdgeVAE:
     def predict(self, x, threshold: float | None = None) -> np.ndarray:
         """True where score > threshold. Scores are computed with the settings stored with
         the model's threshold (score type, samples, seed); `threshold` overrides its value."""
-        t = self.manifest.threshold
-        if t is None and threshold is None:
+        limit = self.threshold if threshold is None else threshold
+        if limit is None:
             raise BundleError(f"{self.source}: the model has no threshold; predict needs one")
-        if t is None:
-            return self.score(x) > threshold
-        value = t.value if threshold is None else threshold
-        return self.score(x, samples=t.samples, seed=t.seed, score_type=t.score_type) > value
+        return self.score(x, **self.scoring()) > limit
+
+    def scoring(self, score_type=None, samples=None, seed=None) -> dict:
+        """Score settings: those given, else the ones stored with the threshold (so that
+        scores compare with it), else the defaults. Keyword arguments for score()."""
+        t = self.manifest.threshold
+        return {
+            "score_type": score_type or (t.score_type if t else DEFAULT_SCORE_TYPE),
+            "samples": samples if samples is not None else (t.samples if t else 0),
+            "seed": seed if seed is not None else (t.seed if t else DEFAULT_SEED),
+        }
 
     def preprocess(self, x) -> np.ndarray:
         """Validate raw input and preprocess it to the encoder's float32 input, exactly as
