@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import json
 import os
 import platform
 import sys
@@ -28,6 +27,7 @@ import numpy as np
 import torch
 from pyod.models.iforest import IForest
 from pyod.models.vae import VAE as PyodVAE
+from report import write_results
 from sklearn.decomposition import PCA
 from sklearn.metrics import average_precision_score, roc_auc_score
 from sklearn.model_selection import train_test_split
@@ -37,7 +37,6 @@ from vae_edge.runtime import EdgeVAE
 from vae_edge.training.train import train
 
 SEEDS = (0, 1, 2)
-RESULTS = Path(__file__).parent / "results"
 METHODS = ("vae_edge", "pyod_vae", "pyod_iforest", "distance_from_mean", "pca_reconstruction")
 # The same trained vae-edge model scored other ways: (score_type, samples); seed 0.
 SCORE_VARIANTS = (("recon", 0), ("recon", 10), ("elbo", 0), ("elbo", 1), ("elbo", 10),
@@ -158,11 +157,7 @@ def write(results: dict, seconds: float) -> None:
     about = (f"AUROC, mean over seeds {', '.join(map(str, SEEDS))} (stratified 60/40, fitted "
              f"without labels). {machine}; " + ", ".join(f"{k} {v}" for k, v in versions.items())
              + f"; {round(seconds)} s.")  # fmt: skip
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "anomaly.json").write_text(json.dumps(out, indent=2) + "\n")
-    (RESULTS / "anomaly.md").write_text(f"{about}\n\n{table}\n")
-    print(about)
-    print(table)
+    write_results("anomaly", out, about, table)
 
 
 if __name__ == "__main__":

@@ -9,7 +9,6 @@ benchmarks/results/latency.json and .md with the machine and versions, and print
 
 from __future__ import annotations
 
-import json
 import os
 import platform
 import sys
@@ -20,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 import torch
+from report import write_results
 
 from vae_edge.export.onnx_export import export_run
 from vae_edge.runtime import EdgeVAE
@@ -28,7 +28,6 @@ from vae_edge.training.model import reconstruction_nll
 from vae_edge.training.train import load_run
 
 BATCH_SIZES = (1, 32, 1024)
-RESULTS = Path(__file__).parent / "results"
 
 
 def timings(fn, seconds: float = 2.0, min_runs: int = 20) -> np.ndarray:
@@ -118,11 +117,7 @@ def main(run_dir: str = "build/mnist-run") -> None:
         )
     table = "\n".join(lines)
     header = f"{result['what']}; {result['machine']}; {result['versions']}"
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "latency.json").write_text(json.dumps(result, indent=2) + "\n")
-    (RESULTS / "latency.md").write_text(f"{header}\n\n{table}\n")
-    print(header)
-    print(table)
+    write_results("latency", result, header, table)
 
 
 if __name__ == "__main__":
