@@ -398,6 +398,12 @@ def _write_scores(output: Path, suffix: str, scores, flags, per_row=None) -> Non
 
 def main() -> None:
     """Entry point: run the CLI, turning every user-fixable failure into one line, exit 2."""
+    import warnings
+
+    def one_line(message, category, *args, **kwargs):
+        click.echo(f"vae-edge: warning: {message}", err=True)
+
+    warnings.showwarning = one_line
     try:
         code = cli.main(prog_name="vae-edge", standalone_mode=False)
     except click.exceptions.Abort:

@@ -4,9 +4,9 @@ Imports only numpy and onnxruntime (Pillow for PNG files). ``EdgeVAE`` is import
 that ``vae_edge.runtime.errors`` (used by the CLI for every command) stays instant.
 """
 
-from vae_edge.runtime.errors import BundleError, InputError, VAEEdgeError
+from vae_edge.runtime.errors import BundleError, InputError, InputWarning, VAEEdgeError
 
-__all__ = ["EdgeVAE", "BundleError", "InputError", "VAEEdgeError"]
+__all__ = ["EdgeVAE", "BundleError", "InputError", "InputWarning", "VAEEdgeError"]
 
 
 def __getattr__(name):

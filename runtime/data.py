@@ -125,7 +125,7 @@ def _stream_npy(path: Path, rows: int) -> tuple[int, Iterator[np.ndarray]]:
 def _stream_csv(path: Path, rows: int) -> Iterator[np.ndarray]:
     """Numeric CSV, comma separated; a first line that is not numeric is taken as a header."""
     first = _csv_first_line(path)
-    with open(path, encoding="utf-8") as f:
+    with open(path, encoding="utf-8-sig") as f:
         if not _is_numeric_row(first):
             next(f)  # header
         line_no = 1 + (not _is_numeric_row(first))
@@ -177,7 +177,7 @@ def _npz(path: Path) -> dict[str, np.ndarray]:
 
 def _csv_first_line(path: Path) -> str:
     try:
-        with open(path, encoding="utf-8") as f:
+        with open(path, encoding="utf-8-sig") as f:
             first = f.readline()
     except UnicodeDecodeError:
         raise InputError(f"{path}: not a text CSV file") from None

@@ -11,3 +11,7 @@ class InputError(VAEEdgeError, ValueError):
 
 class BundleError(VAEEdgeError):
     """A model bundle is missing, malformed, tampered with or inconsistent."""
+
+
+class InputWarning(UserWarning):
+    """Input that is valid but probably not what the user meant."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import warnings
 from collections.abc import Iterable, Iterator
 from importlib import resources
 from pathlib import Path
@@ -17,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from vae_edge.runtime.errors import BundleError, InputError, VAEEdgeError
+from vae_edge.runtime.errors import BundleError, InputError, InputWarning, VAEEdgeError
 from vae_edge.runtime.manifest import MANIFEST_FILE, Manifest, read_manifest
 from vae_edge.runtime.protobuf import ProtobufError, external_data_locations
 
@@ -258,6 +259,15 @@ class EdgeVAE:
         index of x[0] in the whole input, for the error message."""
         m = self.manifest
         _require_finite(x, "input", offset)
+        if m.data_dtype == "uint8" and offset == 0 and x.size and 0 < x.max() <= 1:
+            # e.g. MNIST as floats in [0, 1] given to a model trained on grey levels 0..255:
+            # valid numbers, but scored as near-black images.
+            warnings.warn(
+                "input values are all within [0, 1] but this model was trained on uint8 data "
+                "(0..255); if the data is scaled to [0, 1], multiply it by 255",
+                InputWarning,
+                stacklevel=4,
+            )
         xp = m.preprocessing.apply(x)
         if m.likelihood == "bernoulli" and xp.size and (xp.min() < 0 or xp.max() > 1):
             high = float(m.preprocessing.invert(np.ones(1, np.float32))[0])

@@ -149,3 +149,8 @@ def test_csv_with_a_missing_value(tmp_path):
     (tmp_path / "d.csv").write_text("1,2,3\n4,,6\n")
     with pytest.raises(InputError, match="d.csv: line 2, column 2: missing value"):
         read_input(tmp_path / "d.csv")
+
+
+def test_csv_with_a_byte_order_mark_keeps_its_first_row(tmp_path):
+    (tmp_path / "d.csv").write_bytes(b"\xef\xbb\xbf1,2\n3,4\n")
+    assert np.array_equal(read_input(tmp_path / "d.csv"), [[1, 2], [3, 4]])

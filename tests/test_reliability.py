@@ -378,3 +378,16 @@ def test_info_verify_reports_each_check_on_a_good_bundle():
 def test_bundles_hold_only_json_and_onnx(mnist_bundle):
     for path in [*mnist_bundle.iterdir(), *default_model_dir().iterdir()]:
         assert path.suffix in (".json", ".onnx"), path
+
+
+def test_unit_range_input_to_a_grey_level_model_is_warned_about(tmp_path):
+    from vae_edge.runtime import InputWarning
+
+    model = EdgeVAE.load()
+    digits = model.sample(3, seed=0)
+    with pytest.warns(InputWarning, match="multiply it by 255"):
+        model.score(digits / 255)
+    np.save(tmp_path / "unit.npy", digits / 255)
+    r = run_cli("score", tmp_path / "unit.npy")
+    assert r.returncode == 0 and r.stderr.startswith("vae-edge: warning: input values are all")
+    assert r.stderr.count("\n") == 1
