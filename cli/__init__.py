@@ -253,25 +253,33 @@ def calibrate(model_dir, data_path, quantile, contamination, score_type, samples
 @cli.command()
 @model_option
 @click.option("--data", "data_path", required=True, type=click.Path(path_type=Path),
-              help="Labeled .npz: x and y (1 = anomaly).")  # fmt: skip
+              help="Data (.npz: x_test, else x; labels y: 1 = anomaly).")  # fmt: skip
 @click.option("--json", "json_path", type=click.Path(path_type=Path), help="Also write OUT.json.")
-def evaluate(model_dir, data_path, json_path):
-    """AUROC, AUPRC, and precision/recall/F1 at the model's threshold on labeled data."""
+@click.option("--iwae-k", type=click.IntRange(min=1), default=1000, show_default=True,
+              help="Draws k for the importance-weighted bound -L_k.")  # fmt: skip
+@seed_option
+def evaluate(model_dir, data_path, json_path, iwae_k, seed):
+    """Likelihood figures (-ELBO, -L_k, active units) and, with 0/1 labels, AUROC, AUPRC and
+    precision/recall/F1 at the model's threshold."""
+    import numpy as np
+
     from vae_edge.runtime import anomaly
     from vae_edge.runtime.data import atomic_output, check_writable, read_data
-    from vae_edge.runtime.errors import InputError
 
     if json_path is not None:
         check_writable(json_path)
     data = read_data(data_path)
-    x, y = (data.x, data.y) if data.y is not None else (data.x_test, data.y_test)
-    if y is None or x is None:
-        raise InputError(f"{data_path}: needs labels: arrays x and y (or x_test and y_test)")
+    x, y = (data.x_test, data.y_test) if data.x_test is not None else (data.x, data.y)
     model = _load(model_dir, "cpu", None)
-    result = anomaly.evaluate(model, x, y)
+    click.echo(f"evaluating {len(x)} samples (-L_k with k = {iwae_k})", err=True)
+    result = anomaly.likelihood_figures(model, x, k=iwae_k, seed=seed)
+    if y is not None and np.isin(y, (0, 1)).all():
+        result |= anomaly.evaluate(model, x, y)
+    elif y is not None:
+        click.echo("note: labels are not 0/1 (1 = anomaly): no anomaly metrics", err=True)
     for key, value in result.items():
         shown = "n/a" if value is None else f"{value:.4f}" if isinstance(value, float) else value
-        click.echo(f"{key:<12}{shown}")
+        click.echo(f"{key:<14}{shown}")
     if json_path is not None:
         with atomic_output(json_path) as tmp:
             tmp.write_text(json.dumps(result, indent=2) + "\n")

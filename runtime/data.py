@@ -24,7 +24,7 @@ SUFFIXES = (".npz", ".npy", ".csv", ".png")
 
 
 class Data(NamedTuple):
-    x: np.ndarray
+    x: np.ndarray | None  # None only for a file with a test split alone
     y: np.ndarray | None = None
     x_test: np.ndarray | None = None
     y_test: np.ndarray | None = None
@@ -38,10 +38,10 @@ def read_data(path: str | Path) -> Data:
         return Data(read_input(path))
     arrays = _npz(path)
     x_key = "x" if "x" in arrays else "x_train" if "x_train" in arrays else None
-    if x_key is None:
-        raise InputError(f"{path}: no 'x' or 'x_train' array (has: {', '.join(arrays)})")
+    if x_key is None and "x_test" not in arrays:
+        raise InputError(f"{path}: no 'x', 'x_train' or 'x_test' array (has: {', '.join(arrays)})")
     y_key = "y" if x_key == "x" else "y_train"
-    data = Data(arrays[x_key], arrays.get(y_key), arrays.get("x_test"), arrays.get("y_test"))
+    data = Data(arrays.get(x_key), arrays.get(y_key), arrays.get("x_test"), arrays.get("y_test"))
     for x, y, name in ((data.x, data.y, y_key), (data.x_test, data.y_test, "y_test")):
         if x is not None and y is not None and len(y) != len(x):
             raise InputError(f"{path}: {name} has {len(y)} labels for {len(x)} samples")

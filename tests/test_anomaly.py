@@ -192,3 +192,29 @@ def test_constant_columns_are_handled(tmp_path):
     off = x[:50].copy()
     off[:, 3] = 9.0  # the constant column changes
     assert np.isfinite(normal).all() and (model.score(off) > normal.max()).all()
+
+
+def test_likelihood_figures_on_real_digits(mnist_small, tmp_path):
+    from vae_edge.runtime.anomaly import likelihood_figures
+
+    model = EdgeVAE.load()  # the shipped model
+    with np.load(mnist_small) as f:
+        digits = f["x_test"][:100]
+    figures = likelihood_figures(model, digits, k=100, seed=0)
+    assert 80 < figures["neg_iwae"] < figures["neg_elbo"] < 130  # -L_k <= -ELBO
+    assert figures["iwae_k"] == 100 and 0 < figures["active_units"] <= figures["latent_dim"] == 20
+    assert figures == likelihood_figures(model, digits, k=100, seed=0)  # seeded
+    np.savez(tmp_path / "test.npz", x_test=digits, y_test=np.arange(100) % 10)
+    r = run_cli(
+        "evaluate",
+        "--data",
+        tmp_path / "test.npz",
+        "--iwae-k",
+        "100",
+        "--json",
+        tmp_path / "e.json",
+    )
+    assert r.returncode == 0, r.stderr
+    result = json.loads((tmp_path / "e.json").read_text())
+    assert result["neg_elbo"] == pytest.approx(figures["neg_elbo"], rel=1e-6)
+    assert "auroc" not in result and "labels are not 0/1" in r.stderr

@@ -28,7 +28,7 @@ def test_npz_with_train_and_test_splits(tmp_path):
 
 def test_npz_without_known_keys(tmp_path):
     np.savez(tmp_path / "d.npz", data=np.zeros(3))
-    with pytest.raises(InputError, match="no 'x' or 'x_train' array \\(has: data\\)"):
+    with pytest.raises(InputError, match="no 'x', 'x_train' or 'x_test' array \\(has: data\\)"):
         read_data(tmp_path / "d.npz")
 
 

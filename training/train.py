@@ -236,6 +236,8 @@ def train(
     """Train on `data` (a path or 'mnist') and write the run into `out`: checkpoint.pt,
     config.json and log.jsonl (one line per epoch). Options as for fit(). Returns config."""
     dataset = load_training_data(data)
+    if dataset.x is None:
+        raise InputError(f"{data}: no training samples (an 'x' or 'x_train' array)")
     x = _select_class(dataset.x, dataset.y, normal_class, data)
     x_test = _select_class(dataset.x_test, dataset.y_test, normal_class, data)
     try:
