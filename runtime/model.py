@@ -306,13 +306,8 @@ class EdgeVAE:
         log_mean_w = top[:, 0] + np.log(np.mean(np.exp(log_w - top), axis=1))
         return (-log_mean_w).astype(np.float32)
 
-    def nll(self, xp: np.ndarray, params: np.ndarray) -> np.ndarray:
-        """Negative log-likelihood of preprocessed x given decoder output, summed over the
-        sample's features (the trailing input_shape axes; leading axes broadcast)."""
-        axes = tuple(range(-len(self.manifest.input_shape), 0))
-        return self._elementwise_nll(xp, params).sum(axis=axes, dtype=np.float32)
-
     def _elementwise_nll(self, xp: np.ndarray, params: np.ndarray) -> np.ndarray:
+        """-log p(x|z) of each feature, for decoder output `params`."""
         if self.manifest.likelihood == "bernoulli":
             # BCE with logits: softplus(l) - x * l, softplus(l) = max(l, 0) + log(1 + e^-|l|).
             # In place with np.exp/np.log, which are SIMD-vectorised for float32;
