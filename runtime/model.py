@@ -194,7 +194,7 @@ class EdgeVAE:
             )
         if score_type == "iwae" and samples < 1:
             raise InputError("score_type iwae needs samples >= 1 (the k of L_k)")
-        rng = _rng(seed)
+        rng = _rng(seed) if samples else _check_seed(seed)  # z = mu draws nothing
         rows = max(1, self.batch_size // max(samples, 1))
         offset = 0
         for chunk in chunks:
@@ -293,11 +293,14 @@ class EdgeVAE:
         if per_feature:
             return elementwise.mean(axis=1)
         recon = elementwise.reshape(n, z.shape[1], -1).sum(axis=2, dtype=np.float32)  # (n, L)
+        if score_type != "iwae":
+            # mean over L draws; with one z, np.mean's Python overhead is most of a batch-1 call
+            recon = recon[:, 0] if z.shape[1] == 1 else recon.mean(axis=1)
         if score_type == "recon":
-            return recon.mean(axis=1)
+            return recon
         if score_type == "elbo":
             kl = -0.5 * np.sum(1 + logvar - np.square(mu) - np.exp(logvar), axis=1)
-            return (recon.mean(axis=1) + kl).astype(np.float32)
+            return (recon + kl).astype(np.float32)
         # iwae: log w = log p(x|z) + log p(z) - log q(z|x); the log(2 pi) terms cancel.
         eps = (z - mu[:, None]) * np.exp(-0.5 * logvar)[:, None]
         log_w = -recon - 0.5 * np.sum(np.square(z) - np.square(eps) - logvar[:, None], axis=2)
@@ -344,11 +347,15 @@ def draw_latents(mu: np.ndarray, logvar: np.ndarray, samples: int, rng) -> np.nd
     return mu[:, None, :] + np.exp(0.5 * logvar)[:, None, :] * eps
 
 
-def _rng(seed: int | None) -> np.random.Generator:
+def _check_seed(seed: int | None) -> int:
     seed = DEFAULT_SEED if seed is None else seed
     if not isinstance(seed, (int, np.integer)) or isinstance(seed, bool) or seed < 0:
         raise InputError(f"seed must be an integer >= 0, got {seed!r}")
-    return np.random.default_rng(int(seed))
+    return int(seed)
+
+
+def _rng(seed: int | None) -> np.random.Generator:
+    return np.random.default_rng(_check_seed(seed))
 
 
 def _positive_int(n, name: str) -> int:
