@@ -67,8 +67,7 @@ def export_run(run_dir: str | Path, out: str | Path, force: bool = False) -> Man
         raise InputError(f"{out}: exists and is not a model bundle; choose an empty directory")
     if (out / MANIFEST_FILE).is_file() and not force:
         raise InputError(f"{out}: a bundle is already there (use --force to replace it)")
-    if not out.parent.is_dir():
-        raise InputError(f"{out}: directory {out.parent} does not exist")
+    out.parent.mkdir(parents=True, exist_ok=True)  # like `train --out`
     staging = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp"))
     try:
         staging.chmod(0o777 & ~umask())  # mkdtemp makes 0700
