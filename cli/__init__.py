@@ -152,6 +152,46 @@ score_type_option = click.option(
 @cli.command()
 @model_option
 @click.argument("input_path", metavar="INPUT", type=click.Path(path_type=Path))
+@click.option("-n", "n", type=click.IntRange(min=1), default=32, show_default=True,
+              help="Reconstruct the first N samples of INPUT.")  # fmt: skip
+@seed_option
+@click.option("-o", "--output", required=True, type=click.Path(path_type=Path),
+              help="OUT.png (originals above their reconstructions) or OUT.npy.")  # fmt: skip
+@device_option
+@threads_option
+def reconstruct(model_dir, input_path, n, seed, output, device, threads):
+    """Encode, draw one z, decode: reconstructions of the first N samples of INPUT."""
+    import numpy as np
+
+    from vae_edge.runtime.data import (
+        atomic_output,
+        check_writable,
+        pairs_grid,
+        read_input,
+        write_png,
+    )
+
+    suffix = _suffix(output, SAMPLE_FORMATS)
+    check_writable(output)
+    model = _load(model_dir, device, threads)
+    if suffix == ".png" and not model.manifest.is_image:
+        raise click.BadParameter("PNG output needs an image model; use .npy", param_hint="-o")
+    x = read_input(input_path)[:n]
+    rebuilt = model.reconstruct(x, seed=seed)
+    with atomic_output(output) as tmp:
+        if suffix == ".png":
+            # both in the encoder's units: [0, 1] for Bernoulli models
+            units = model.manifest.preprocessing.apply(rebuilt)
+            write_png(tmp, pairs_grid(model.preprocess(x), units))
+        else:
+            with open(tmp, "wb") as f:
+                np.save(f, rebuilt)
+    click.echo(f"wrote {len(rebuilt)} reconstructions to {output}")
+
+
+@cli.command()
+@model_option
+@click.argument("input_path", metavar="INPUT", type=click.Path(path_type=Path))
 @score_type_option
 @click.option("--samples", type=click.IntRange(min=0),
               help="z draws per sample; 0 = deterministic, z = mu (default).")  # fmt: skip

@@ -276,6 +276,18 @@ def atomic_output(path: str | Path):
             os.unlink(tmp)
 
 
+def pairs_grid(originals: np.ndarray, others: np.ndarray, columns: int = 8) -> np.ndarray:
+    """image_grid with each row of originals followed by the same row of `others` (e.g.
+    their reconstructions)."""
+    rows = []
+    for i in range(0, len(originals), columns):
+        rows += [originals[i : i + columns], others[i : i + columns]]
+        if len(rows[-1]) < columns:  # pad a short last row pair so the columns line up
+            pad = np.zeros((columns - len(rows[-1]), *originals.shape[1:]), np.float32)
+            rows[-2], rows[-1] = np.concatenate([rows[-2], pad]), np.concatenate([rows[-1], pad])
+    return image_grid(np.concatenate(rows), columns)
+
+
 def image_grid(images: np.ndarray, columns: int | None = None) -> np.ndarray:
     """Tile images (N, H, W), (N, H, W, C) or (N, C, H, W) into one uint8 picture.
     Values in [0, 1] map to 0..255; anything else is min-max scaled first."""

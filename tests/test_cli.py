@@ -139,3 +139,18 @@ def test_help_is_fast_and_lists_commands():
     assert r.returncode == 0
     for command in ("train", "export", "sample", "score", "info"):
         assert command in r.stdout
+
+
+def test_reconstruct_writes_originals_above_reconstructions(mnist_small, tmp_path):
+    with np.load(mnist_small) as f:
+        np.save(tmp_path / "digits.npy", f["x_test"][:12])
+    r = run_cli("reconstruct", tmp_path / "digits.npy", "-n", "10", "-o", tmp_path / "r.png")
+    assert r.returncode == 0, r.stderr
+    # 8 columns; 2 row pairs (8 + 2 digits), 30 pixels per cell plus a 2-pixel border
+    assert Image.open(tmp_path / "r.png").size == (8 * 30 + 2, 4 * 30 + 2)
+    r = run_cli("reconstruct", tmp_path / "digits.npy", "--seed", "3", "-o", tmp_path / "r.npy")
+    assert r.returncode == 0, r.stderr
+    from vae_edge.runtime import EdgeVAE
+
+    expected = EdgeVAE.load().reconstruct(np.load(tmp_path / "digits.npy"), seed=3)
+    np.testing.assert_array_equal(np.load(tmp_path / "r.npy"), expected)
