@@ -212,6 +212,8 @@ def score(model_dir, input_path, score_type, samples, seed, batch_size, threshol
     Scoring settings left out are the ones stored with the model's threshold, if it has
     one, so is_anomaly means what calibrate meant. .npy and .csv inputs are streamed in
     chunks, so memory does not grow with the file."""
+    import itertools
+
     import numpy as np
 
     from vae_edge.runtime.data import check_writable, stream_input
@@ -233,17 +235,20 @@ def score(model_dir, input_path, score_type, samples, seed, batch_size, threshol
         total, chunks = stream_input(input_path, rows=max(batch_size, 4096))
         parts, features = [], []
         show = total is not None and sys.stderr.isatty()  # CSV: length unknown, no bar
+        if per_feature:  # a second pass over the same chunks, in step, so tee holds one
+            chunks, again = itertools.tee(chunks)
+            feature_parts = model.score_chunks(
+                again, options["samples"], options["seed"], "recon", per_feature=True
+            )
+        # one score_chunks call for the whole input: the noise runs on across chunks
         with click.progressbar(
             length=total or 1, label="scoring", file=sys.stderr, hidden=not show
         ) as bar:
-            for chunk in chunks:
-                parts.extend(model.score_chunks([chunk], **options))
+            for part in model.score_chunks(chunks, **options):
+                parts.append(part)
                 if per_feature:
-                    features.extend(
-                        model.score_chunks([chunk], options["samples"], options["seed"],
-                                           "recon", per_feature=True)
-                    )  # fmt: skip
-                bar.update(len(parts[-1]))
+                    features.append(next(feature_parts))
+                bar.update(len(part))
     except InputError as e:
         message = str(e)
         if not message.startswith(str(input_path)):

@@ -391,3 +391,20 @@ def test_unit_range_input_to_a_grey_level_model_is_warned_about(tmp_path):
     r = run_cli("score", tmp_path / "unit.npy")
     assert r.returncode == 0 and r.stderr.startswith("vae-edge: warning: input values are all")
     assert r.stderr.count("\n") == 1
+
+
+def test_cli_scores_of_a_file_larger_than_one_chunk_match_the_library(tmp_path):
+    model = EdgeVAE.load()
+    x = model.sample(5000, seed=1)  # more than one 4096-row chunk
+    np.save(tmp_path / "x.npy", x)
+    r = run_cli("score", tmp_path / "x.npy", "--samples", "2", "--seed", "9",
+                "--per-feature", "-o", tmp_path / "s.csv")  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    rows = np.loadtxt(tmp_path / "s.csv", delimiter=",", skiprows=1)
+    np.testing.assert_allclose(rows[:, 1], model.score(x, samples=2, seed=9), rtol=1e-6)
+    np.testing.assert_allclose(
+        rows[:, 2:],
+        model.feature_scores(x, samples=2, seed=9).reshape(5000, -1),
+        rtol=1e-5,
+        atol=1e-5,
+    )
