@@ -180,3 +180,10 @@ def test_truncated_idx_file(tmp_path):
     (tmp_path / "f").write_bytes(blob[:-100])
     with pytest.raises(InputError, match="truncated"):
         mnist.read_idx(tmp_path / "f")
+
+
+def test_zero_epochs_is_refused_not_replaced_by_the_default(tmp_path):
+    from vae_edge.training.train import fit
+
+    with pytest.raises(InputError, match="epochs must be >= 1, got 0"):
+        fit(np.zeros((10, 3), np.float32), epochs=0)

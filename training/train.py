@@ -121,7 +121,7 @@ def fit(
 ) -> tuple[VAE, dict]:
     """Train a VAE on raw samples x (N, ...). Unset options are chosen from the data.
     Returns the model and the run config (what was chosen, losses per split)."""
-    for name, value in (("epochs", epochs or 1), ("batch_size", batch_size)):
+    for name, value in (("epochs", 1 if epochs is None else epochs), ("batch_size", batch_size)):
         if value < 1:
             raise InputError(f"{name} must be >= 1, got {value}")
     if not 0 <= val_fraction < 1:
@@ -146,7 +146,8 @@ def fit(
         raise InputError(f"val_fraction {val_fraction} leaves no training or validation rows")
     x_all = torch.from_numpy(prep.apply(x))
     x_val, x_fit = x_all[order[:n_val]], x_all[order[n_val:]]
-    epochs = epochs or default_epochs(len(x_fit), batch_size)
+    if epochs is None:
+        epochs = default_epochs(len(x_fit), batch_size)
 
     model = VAE(input_shape, hidden, latent_dim, learn_variance=variance == "learned")
     optimizer = torch.optim.Adam(model.parameters(), lr=lr)
