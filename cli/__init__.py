@@ -130,15 +130,11 @@ def export(run_dir, model_dir, force):
 @no_verify_option
 def sample(model_dir, n, seed, output, device, threads, no_verify):
     """Draw N new samples from the model."""
-    from vae_edge.runtime.data import check_writable
+    from vae_edge.runtime.data import image_grid
 
-    suffix = _suffix(output, SAMPLE_FORMATS)
-    check_writable(output)
-    model = _load(model_dir, device, threads, not no_verify)
-    if suffix == ".png" and not model.manifest.is_image:
-        raise click.BadParameter("PNG output needs an image model; use .npy", param_hint="-o")
+    model = _load_for_images(output, model_dir, device, threads, not no_verify)
     samples = model.sample(n, seed=seed)
-    _write(output, samples, model, suffix)
+    _write_images(output, samples, lambda: image_grid(model.manifest.preprocessing.apply(samples)))
     click.echo(f"wrote {n} samples to {output}")
 
 
@@ -161,31 +157,16 @@ score_type_option = click.option(
 @threads_option
 def reconstruct(model_dir, input_path, n, seed, output, device, threads):
     """Encode, draw one z, decode: reconstructions of the first N samples of INPUT."""
-    import numpy as np
+    from vae_edge.runtime.data import pairs_grid, read_input
 
-    from vae_edge.runtime.data import (
-        atomic_output,
-        check_writable,
-        pairs_grid,
-        read_input,
-        write_png,
-    )
-
-    suffix = _suffix(output, SAMPLE_FORMATS)
-    check_writable(output)
-    model = _load(model_dir, device, threads)
-    if suffix == ".png" and not model.manifest.is_image:
-        raise click.BadParameter("PNG output needs an image model; use .npy", param_hint="-o")
+    model = _load_for_images(output, model_dir, device, threads)
     x = read_input(input_path)[:n]
     rebuilt = model.reconstruct(x, seed=seed)
-    with atomic_output(output) as tmp:
-        if suffix == ".png":
-            # both in the encoder's units: [0, 1] for Bernoulli models
-            units = model.manifest.preprocessing.apply(rebuilt)
-            write_png(tmp, pairs_grid(model.preprocess(x), units))
-        else:
-            with open(tmp, "wb") as f:
-                np.save(f, rebuilt)
+
+    def picture():  # originals over reconstructions, both in the encoder's units
+        return pairs_grid(model.preprocess(x), model.manifest.preprocessing.apply(rebuilt))
+
+    _write_images(output, rebuilt, picture)
     click.echo(f"wrote {len(rebuilt)} reconstructions to {output}")
 
 
@@ -402,17 +383,30 @@ def _suffix(path: Path, allowed) -> str:
     return suffix
 
 
-def _write(output: Path, samples, model, suffix: str) -> None:
+def _load_for_images(output: Path, model_dir, device, threads, verify=True):
+    """Check OUT.png|OUT.npy before any work, then load; PNG needs an image model."""
+    from vae_edge.runtime.data import check_writable
+
+    suffix = _suffix(output, SAMPLE_FORMATS)
+    check_writable(output)
+    model = _load(model_dir, device, threads, verify)
+    if suffix == ".png" and not model.manifest.is_image:
+        raise click.BadParameter("PNG output needs an image model; use .npy", param_hint="-o")
+    return model
+
+
+def _write_images(output: Path, array, picture) -> None:
+    """OUT.npy gets `array`; OUT.png the uint8 image `picture()` makes."""
     import numpy as np
 
-    from vae_edge.runtime.data import atomic_output, image_grid, write_png
+    from vae_edge.runtime.data import atomic_output, write_png
 
     with atomic_output(output) as tmp:
-        if suffix == ".png":
-            write_png(tmp, image_grid(model.manifest.preprocessing.apply(samples)))
+        if output.suffix.lower() == ".png":
+            write_png(tmp, picture())
         else:
             with open(tmp, "wb") as f:
-                np.save(f, samples)
+                np.save(f, array)
 
 
 def _csv(scores, flags, per_row=None) -> str:

@@ -74,7 +74,6 @@ def evaluate(model: EdgeVAE, x, y, threshold: float | None = None, **score_optio
         raise InputError(f"labels have shape {y.shape}; one label per sample is needed")
     if not np.isin(y, (0, 1)).all():
         raise InputError("labels must be 0 (normal) or 1 (anomaly)")
-    t = model.manifest.threshold
     scores = model.score(x, **model.scoring(**score_options))
     y = y.astype(bool)
     result = {
@@ -82,7 +81,7 @@ def evaluate(model: EdgeVAE, x, y, threshold: float | None = None, **score_optio
         "n_anomalies": int(y.sum()),
         "auroc": roc_auc(y, scores),
         "auprc": average_precision(y, scores),
-        "threshold": threshold if threshold is not None else (t.value if t else None),
+        "threshold": model.threshold if threshold is None else threshold,
         "precision": None,
         "recall": None,
         "f1": None,

@@ -91,20 +91,15 @@ def _stream_npy(path: Path, rows: int) -> tuple[int, Iterator[np.ndarray]]:
         f.seek(0)
         try:
             version = fmt.read_magic(f)
-            if version not in ((1, 0), (2, 0)):
-                x = _npy(path)
-                return len(x) if x.ndim else 1, iter([x])
-            read_header = (
-                fmt.read_array_header_1_0 if version == (1, 0) else fmt.read_array_header_2_0
-            )
-            shape, fortran, dtype = read_header(f)
+            headers = {(1, 0): fmt.read_array_header_1_0, (2, 0): fmt.read_array_header_2_0}
+            shape, fortran, dtype = headers[version](f) if version in headers else ((), 0, None)
         except (ValueError, EOFError) as e:
             raise InputError(f"{path}: not a valid .npy file ({_first_line(e)})") from None
         offset = f.tell()
-    if dtype.hasobject:
+    if dtype is not None and dtype.hasobject:
         raise InputError(f"{path}: holds Python objects (pickle), not numbers")
-    if fortran or not shape:
-        x = _npy(path)  # rare layouts: read whole
+    if fortran or not shape:  # rare layouts (format 3.0, Fortran order, 0-d): read whole
+        x = _npy(path)
         return len(x) if x.ndim else 1, iter([x])
     per_row = math.prod(shape[1:]) * dtype.itemsize
     expected = offset + shape[0] * per_row
@@ -124,11 +119,11 @@ def _stream_npy(path: Path, rows: int) -> tuple[int, Iterator[np.ndarray]]:
 
 def _stream_csv(path: Path, rows: int) -> Iterator[np.ndarray]:
     """Numeric CSV, comma separated; a first line that is not numeric is taken as a header."""
-    first = _csv_first_line(path)
+    header = not _is_numeric_row(_csv_first_line(path))
     with open(path, encoding="utf-8-sig") as f:
-        if not _is_numeric_row(first):
-            next(f)  # header
-        line_no = 1 + (not _is_numeric_row(first))
+        if header:
+            next(f)
+        line_no = 1 + header
         columns = None
         while lines := list(itertools.islice(f, rows)):
             chunk = _parse_csv_lines(path, lines, line_no, columns)

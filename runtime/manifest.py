@@ -21,6 +21,7 @@ from vae_edge.runtime.errors import BundleError
 FORMAT_VERSION = 1
 MANIFEST_FILE = "vae.json"
 LIKELIHOODS = {"bernoulli": "logits", "gaussian": "mean"}  # likelihood -> decoder output
+SCORE_TYPES = ("recon", "elbo", "iwae")
 
 
 @dataclass(frozen=True)
@@ -245,7 +246,7 @@ def _threshold(d: Any) -> Threshold | None:
     for name, value in (("samples", samples), ("seed", seed), ("count", count)):
         _check(_is_int(value) and value >= 0, f"threshold.{name} must be an integer >= 0")
     score_type = d.get("score_type", "elbo")
-    _check(score_type in ("recon", "elbo", "iwae"), f"unknown threshold.score_type {score_type!r}")
+    _check(score_type in SCORE_TYPES, f"unknown threshold.score_type {score_type!r}")
     return Threshold(
         value=float(_get(d, "value", float, "threshold")),
         score_type=score_type,

@@ -19,10 +19,9 @@ import numpy as np
 import onnxruntime as ort
 
 from vae_edge.runtime.errors import BundleError, InputError, InputWarning, VAEEdgeError
-from vae_edge.runtime.manifest import MANIFEST_FILE, Manifest, read_manifest
+from vae_edge.runtime.manifest import MANIFEST_FILE, SCORE_TYPES, Manifest, read_manifest
 from vae_edge.runtime.protobuf import ProtobufError, external_data_locations
 
-SCORE_TYPES = ("recon", "elbo", "iwae")
 DEFAULT_SCORE_TYPE = "elbo"  # best on the ODDS benchmark (README, benchmarks/results/)
 DEFAULT_SEED = 0  # seed=None means this, so score() and predict() agree call after call
 DEFAULT_BATCH_SIZE = 1024

@@ -241,10 +241,7 @@ def train(
         raise InputError(f"{data}: no training samples (an 'x' or 'x_train' array)")
     x = _select_class(dataset.x, dataset.y, normal_class, data)
     x_test = _select_class(dataset.x_test, dataset.y_test, normal_class, data)
-    try:
-        _check_samples(x, data)
-    except InputError as e:
-        raise InputError(str(e).replace("training data", str(data))) from None
+    _check_samples(x, data)  # here, so that messages name the file
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     log_lines = []
