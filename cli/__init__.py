@@ -50,10 +50,40 @@ def cli():
 @cli.command()
 @click.option("--data", required=True, help="Training data: .npz/.npy/.csv/PNG path, or 'mnist'.")
 @click.option("--out", "run_dir", required=True, type=click.Path(path_type=Path))
-@click.option("--epochs", type=click.IntRange(min=1),
-              help="Default: at least 10 and at least 500 optimizer steps.")  # fmt: skip
+@click.option(
+    "--arch",
+    type=click.Choice(["mlp", "conv"]),
+    default="mlp",
+    show_default=True,
+    help="conv: convolutional encoder and decoder, for images (H, W) or (C, H, W).",
+)
+@click.option(
+    "--epochs",
+    type=click.IntRange(min=1),
+    help="Most epochs. Default: at least 10, and at least 500 optimizer steps (10,000 for images).",
+)
 @click.option("--batch-size", type=click.IntRange(min=1), default=128, show_default=True)
-@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=1e-3, show_default=True)
+@click.option(
+    "--lr",
+    type=click.FloatRange(min=0, min_open=True),
+    help="Peak learning rate of the one-cycle schedule. Default: 2e-3.",
+)
+@click.option(
+    "--beta",
+    type=click.FloatRange(min=0, min_open=True),
+    help="Weight of the KL term (beta-VAE). Default: 1.",
+)
+@click.option(
+    "--kl-warmup",
+    type=click.FloatRange(min=0),
+    help="Epochs over which the KL weight ramps up from 0. Default: a tenth of --epochs.",
+)
+@click.option(
+    "--patience",
+    type=click.IntRange(min=0),
+    help="Stop after this many epochs without a better validation loss (the best "
+    "weights are kept); 0: never stop early. Default: 10.",
+)
 @click.option(
     "--latent-dim", type=click.IntRange(min=1), help="Default: from the data (20 for MNIST)."
 )
@@ -86,6 +116,11 @@ def train(data, run_dir, hidden, quiet, **options):
             ) from None
         if any(h < 1 for h in hidden):
             raise click.BadParameter("sizes must be positive", param_hint="--hidden")
+    if options["patience"] == 0:
+        options["patience"] = None
+    elif options["patience"] is None:
+        del options["patience"]
+    options = {k: v for k, v in options.items() if v is not None or k == "patience"}
     config = train_module.train(data, run_dir, hidden=hidden, progress=not quiet, **options)
     s = config["summary"]
     click.echo(f"wrote {run_dir} ({s['seconds']} s)")
@@ -306,6 +341,58 @@ def evaluate(model_dir, data_path, json_path, iwae_k, seed):
     for key, value in result.items():
         shown = "n/a" if value is None else f"{value:.4f}" if isinstance(value, float) else value
         click.echo(f"{key:<14}{shown}")
+    if json_path is not None:
+        with atomic_output(json_path) as tmp:
+            tmp.write_text(json.dumps(result, indent=2) + "\n")
+
+
+@cli.command()
+@model_option
+@click.option("--batch-sizes", default="1,32,1024,4096", show_default=True,
+              help="Comma-separated batch sizes.")  # fmt: skip
+@threads_option
+@click.option("--seconds", type=click.FloatRange(min=0.1), default=2.0, show_default=True,
+              help="Timed seconds per job and batch size.")  # fmt: skip
+@click.option("--json", "json_path", type=click.Path(path_type=Path), help="Also write OUT.json.")
+@device_option
+def bench(model_dir, batch_sizes, threads, seconds, json_path, device):
+    """Latency (p50/p95/p99) and throughput of score and sample, against the bare
+    onnxruntime calls with hand-written NumPy. Runtime only: no torch."""
+    import os
+    import platform
+    from importlib import metadata
+
+    from vae_edge.runtime import bench as bench_module
+    from vae_edge.runtime.data import atomic_output, check_writable
+
+    try:
+        sizes = [int(b) for b in batch_sizes.split(",")]
+    except ValueError:
+        raise click.BadParameter(f"{batch_sizes!r} is not a list of integers",
+                                 param_hint="--batch-sizes") from None  # fmt: skip
+    if any(b < 1 for b in sizes):
+        raise click.BadParameter("batch sizes must be positive", param_hint="--batch-sizes")
+    if json_path is not None:
+        check_writable(json_path)
+    model = _load(model_dir, device, threads)
+
+    def progress(row):
+        p50 = row["vae_edge"]["p50_us"]
+        click.echo(f"{row['job']} batch {row['batch']}: p50 {p50:.1f} us", err=True)
+
+    rows = bench_module.run(model, sizes, seconds, progress=progress)
+    result = {
+        "model": model.source,
+        "device": device,
+        "providers": model._encoder.get_providers(),
+        "threads": threads or "onnxruntime default",
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.platform()}",
+        "versions": {p: metadata.version(p) for p in ("vae-edge", "onnxruntime", "numpy")},
+        "rows": rows,
+    }
+    click.echo(f"{result['model']}; threads {result['threads']}; {result['machine']}; "
+               + ", ".join(f"{k} {v}" for k, v in result["versions"].items()))  # fmt: skip
+    click.echo(bench_module.table(rows))
     if json_path is not None:
         with atomic_output(json_path) as tmp:
             tmp.write_text(json.dumps(result, indent=2) + "\n")

@@ -112,7 +112,7 @@ def _build(vae: VAE, config: dict, folder: Path) -> Manifest:
         "versions": versions,
         "parity": {},
         "training": {
-            "model": {"arch": "mlp", "hidden": m["hidden"]},
+            "model": {"arch": m.get("arch", "mlp"), "hidden": m["hidden"]},
             "data": config["data"],
             "options": config["training"],
             "summary": config["summary"],
@@ -190,8 +190,9 @@ def check_parity(vae: VAE, edge: EdgeVAE, seed: int = 0) -> dict[str, float]:
             dec_t = vae.decode(torch.from_numpy(z)).numpy()
         mu_o, logvar_o = edge.encode(raw)
         dec_o = edge._decode(z)
-        score_o = edge.score(raw, samples=1, seed=seed, score_type="recon")
-        elbo_o = edge.score(raw, samples=0, score_type="elbo")
+        floor = edge.nll_floor(raw)  # scores are measured from it; PyTorch's loss is not
+        score_o = edge.score(raw, samples=1, seed=seed, score_type="recon") + floor
+        elbo_o = edge.score(raw, samples=0, score_type="elbo") + floor
         eps_z = draw_latents(mu_o, logvar_o, 1, np.random.default_rng(seed))[:, 0]
         with torch.no_grad():
             # Same eps through PyTorch: z from ORT's mu/logvar so only the decoder and loss

@@ -104,10 +104,11 @@ def likelihood_figures(model: EdgeVAE, x, k: int = 1000, seed: int = 0) -> dict:
     Var_x(E[z_u | x]) > 0.01 (few = posterior collapse). Noise from NumPy, seeded."""
     if not isinstance(k, int) or k < 1:
         raise InputError(f"k must be a positive integer, got {k!r}")
-    neg_elbo = model.score(x, samples=1, seed=seed, score_type="elbo")
-    if len(neg_elbo) == 0:
+    floor = model.nll_floor(x)  # scores are measured from it; the figures are not
+    if len(floor) == 0:
         raise InputError("no samples to evaluate")
-    neg_iwae = model.score(x, samples=k, seed=seed, score_type="iwae")
+    neg_elbo = model.score(x, samples=1, seed=seed, score_type="elbo") + floor
+    neg_iwae = model.score(x, samples=k, seed=seed, score_type="iwae") + floor
     mu, _ = model.encode(x)
     return {
         "neg_elbo": float(neg_elbo.mean(dtype=np.float64)),

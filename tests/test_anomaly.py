@@ -202,7 +202,7 @@ def test_likelihood_figures_on_real_digits(mnist_small, tmp_path):
         digits = f["x_test"][:100]
     figures = likelihood_figures(model, digits, k=100, seed=0)
     assert 80 < figures["neg_iwae"] < figures["neg_elbo"] < 130  # -L_k <= -ELBO
-    assert figures["iwae_k"] == 100 and 0 < figures["active_units"] <= figures["latent_dim"] == 20
+    assert figures["iwae_k"] == 100 and 0 < figures["active_units"] <= figures["latent_dim"] == 32
     assert figures == likelihood_figures(model, digits, k=100, seed=0)  # seeded
     np.savez(tmp_path / "test.npz", x_test=digits, y_test=np.arange(100) % 10)
     r = run_cli(

@@ -325,7 +325,10 @@ def test_scoring_a_large_csv_streams(tmp_path):
     r = run_cli("score", tmp_path / "big.csv", "--samples", "0", "-o", tmp_path / "s.npy")
     assert r.returncode == 0, r.stderr
     expected = EdgeVAE.load().score(np.round(digits, 3), samples=0)
-    np.testing.assert_allclose(np.load(tmp_path / "s.npy"), expected, rtol=1e-6)
+    # The CSV reader parses "%.3f" straight to float32, np.round rounds in float64 first: a
+    # few values differ in the last bit, and a score measured from the floor (BCE minus
+    # entropy, both near 100) carries that as ~1e-6 relative.
+    np.testing.assert_allclose(np.load(tmp_path / "s.npy"), expected, rtol=1e-5)
 
 
 def test_same_input_and_seed_give_bit_identical_scores_across_processes(tmp_path):

@@ -31,6 +31,8 @@ m = EdgeVAE.load()
 x = m.sample(5, seed=3)
 s = m.score(x, samples=2, seed=1)
 assert x.shape == (5, 28, 28) and s.shape == (5,) and (s > 0).all()
+from vae_edge.runtime import bench
+assert len(bench.run(m, (1, 2), seconds=0.1)) == 4
 loaded = [k for k in sys.modules if k.split(".")[0] in ("torch", "onnx", "onnxscript")]
 assert all(sys.modules[k] is None for k in loaded), loaded
 print("ok")
@@ -99,8 +101,18 @@ def test_samples_zero_scores_deterministically_with_z_equal_mu(default_model):
     assert np.array_equal(s0, default_model.score(x, samples=0, seed=99, score_type="recon"))
     mu, _ = default_model.encode(x)
     xp, logits = default_model.preprocess(x).astype(np.float64), default_model._decode(mu)
-    expected = (np.logaddexp(0, logits) - xp * logits).sum(axis=(1, 2))  # BCE with logits
-    np.testing.assert_allclose(s0, expected, rtol=1e-5)
+    bce = (np.logaddexp(0, logits) - xp * logits).sum(axis=(1, 2))  # BCE with logits
+    with np.errstate(divide="ignore", invalid="ignore"):
+        entropy = -np.nan_to_num(xp * np.log(xp) + (1 - xp) * np.log(1 - xp)).sum(axis=(1, 2))
+    np.testing.assert_allclose(s0, bce - entropy, rtol=1e-5)  # measured from the floor
+    np.testing.assert_allclose(default_model.nll_floor(x), entropy, rtol=1e-5)
+
+
+def test_scores_are_measured_from_the_floor_of_a_perfect_reconstruction(default_model):
+    x = default_model.sample(6, seed=2)
+    assert (default_model.feature_scores(x) > -1e-5).all()  # BCE(x, p) >= BCE(x, x)
+    binary = (x > 127).astype(np.uint8) * 255
+    assert np.array_equal(default_model.nll_floor(binary), np.zeros(6, np.float32))
 
 
 def test_noise_per_row_does_not_depend_on_batch_size(default_model):

@@ -44,7 +44,7 @@ def test_training_is_reproducible_for_a_seed(tmp_path):
 def test_run_directory_holds_config_log_and_checkpoint(mnist_run):
     config = json.loads((mnist_run / "config.json").read_text())
     assert config["model"] == {
-        "input_shape": [28, 28], "hidden": [128], "latent_dim": 8, "likelihood": "bernoulli",
+        "arch": "mlp", "input_shape": [28, 28], "hidden": [128], "latent_dim": 8, "likelihood": "bernoulli",
         "variance": "fixed",
     }  # fmt: skip
     assert config["preprocessing"] == {"kind": "scale", "scale": 1 / 255}
@@ -187,3 +187,58 @@ def test_zero_epochs_is_refused_not_replaced_by_the_default(tmp_path):
 
     with pytest.raises(InputError, match="epochs must be >= 1, got 0"):
         fit(np.zeros((10, 3), np.float32), epochs=0)
+
+
+def test_early_stopping_keeps_the_best_epoch(mnist_small):
+    from vae_edge.training.train import evaluate, fit
+
+    with np.load(mnist_small) as f:
+        x = f["x_train"][:200]
+    log = []
+    model, config = fit(x, epochs=60, batch_size=16, patience=2, kl_warmup=0, hidden=(64,),
+                        latent_dim=4, on_epoch=lambda entry, epochs: log.append(entry))  # fmt: skip
+    s = config["summary"]
+    val = [e["val_loss"] for e in log]
+    assert s["epochs_run"] == len(log) < 60  # stopped early: 180 digits stop improving
+    assert s["epoch"] == 1 + int(np.argmin(val)) == len(log) - 2
+    assert s["val_loss"] == min(val)
+    # The returned weights are the best epoch's, not the last one's.
+    order = np.random.default_rng(0).permutation(len(x))
+    x_val = torch.from_numpy(x[order[:20]].astype(np.float32) / 255)
+    assert evaluate(model, x_val, "bernoulli", 0)["loss"] == pytest.approx(min(val), rel=1e-6)
+
+
+def test_beta_and_kl_warmup_shape_the_loss(mnist_small):
+    from vae_edge.training.train import fit
+
+    with np.load(mnist_small) as f:
+        x = f["x_train"][:1000]
+    kl = {}
+    for beta in (0.25, 4.0):
+        _, config = fit(x, epochs=3, beta=beta, hidden=(64,), latent_dim=8)
+        kl[beta] = config["summary"]["val_kl"]
+        assert config["training"]["beta"] == beta and config["training"]["kl_warmup"] == 0.3
+    assert kl[4.0] < kl[0.25] / 2  # a heavier KL term buys a smaller KL
+    with pytest.raises(InputError, match="beta must be positive"):
+        fit(x, beta=0)
+    with pytest.raises(InputError, match="patience must be >= 1"):
+        fit(x, patience=0)
+
+
+def test_conv_arch_needs_images(tmp_path):
+    from vae_edge.training.train import fit
+
+    with pytest.raises(InputError, match=r"conv arch needs images .* got \(6,\)"):
+        fit(np.zeros((10, 6), np.float32), arch="conv")
+    with pytest.raises(InputError, match="unknown arch 'cnn'"):
+        fit(np.zeros((10, 6), np.float32), arch="cnn")
+
+
+def test_default_length_and_size_for_images_and_tables():
+    from vae_edge.training.train import default_architecture, default_epochs
+
+    assert default_epochs(54_000, 128, image=True) == 24  # 10,000 steps
+    assert default_epochs(54_000, 128) == 10
+    assert default_epochs(1_000, 128) == 63  # 500 steps
+    assert default_architecture((28, 28)) == ((512, 256), 32)
+    assert default_architecture((21,)) == ((64,), 10)

@@ -1,4 +1,4 @@
-"""The VAE (Kingma & Welling, 2014) as an MLP, and its loss, -ELBO per sample."""
+"""The VAE (Kingma & Welling, 2014) as an MLP or a small convolutional net, and its loss."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from torch import nn
 from torch.nn import functional as F
 
 HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
-
+ARCHS = ("mlp", "conv")
 
 # A learned Gaussian variance below this would let a feature that the model reconstructs
 # exactly (e.g. a constant column) drive the likelihood to infinity.
@@ -17,23 +17,44 @@ MIN_OBS_LOGVAR = math.log(1e-2)
 
 
 class VAE(nn.Module):
-    """MLP VAE. With `learn_variance`, a Gaussian decoder also learns one log-variance per
-    feature (not per sample), so features it cannot reconstruct weigh less in the loss."""
+    """Encoder x -> (mu, logvar), decoder z -> Bernoulli logits or Gaussian means.
 
-    def __init__(self, input_shape, hidden=(400,), latent_dim=20, learn_variance=False):
+    arch "mlp": fully connected layers of sizes `hidden`. arch "conv": for images (H, W) or
+    (C, H, W): two stride-2 convolutions with `channels` filters, then the `hidden` layers;
+    the decoder mirrors it with transposed convolutions and crops to (H, W).
+    With `learn_variance`, a Gaussian decoder also learns one log-variance per feature
+    (not per sample), so features it cannot reconstruct weigh less in the loss."""
+
+    def __init__(
+        self,
+        input_shape,
+        hidden=(400,),
+        latent_dim=20,
+        learn_variance=False,
+        arch="mlp",
+        channels=(32, 64),
+    ):
         super().__init__()
         self.input_shape = tuple(input_shape)
-        n = math.prod(self.input_shape)
         self.obs_logvar = nn.Parameter(torch.zeros(self.input_shape)) if learn_variance else None
-        sizes = [n, *hidden]
-        self.encoder = nn.Sequential(*_mlp(sizes))
-        self.mu = nn.Linear(sizes[-1], latent_dim)
-        self.logvar = nn.Linear(sizes[-1], latent_dim)
-        back = [latent_dim, *reversed(hidden)]
-        self.decoder = nn.Sequential(*_mlp(back), nn.Linear(back[-1], n))
+        if arch == "mlp":
+            n = math.prod(self.input_shape)
+            self.encoder_input = (n,)
+            self.encoder = nn.Sequential(*_mlp([n, *hidden]))
+            back = [latent_dim, *reversed(hidden)]
+            self.decoder = nn.Sequential(*_mlp(back), nn.Linear(back[-1], n))
+        elif arch == "conv":
+            self.encoder_input = image_channels(self.input_shape)
+            self.encoder, self.decoder = _conv_nets(
+                self.encoder_input, hidden, latent_dim, channels
+            )
+        else:
+            raise ValueError(f"unknown arch {arch!r}")
+        self.mu = nn.Linear(hidden[-1], latent_dim)
+        self.logvar = nn.Linear(hidden[-1], latent_dim)
 
     def encode(self, x):
-        h = self.encoder(x.flatten(1))
+        h = self.encoder(x.reshape(-1, *self.encoder_input))
         return self.mu(h), self.logvar(h)
 
     @staticmethod
@@ -42,7 +63,7 @@ class VAE(nn.Module):
 
     def decode(self, z):
         """Decoder output: Bernoulli logits or Gaussian means, shaped like the input."""
-        return self.decoder(z).unflatten(1, self.input_shape)
+        return self.decoder(z).reshape(-1, *self.input_shape)
 
     def forward(self, x, eps):
         mu, logvar = self.encode(x)
@@ -60,6 +81,54 @@ def _mlp(sizes):
     for a, b in zip(sizes[:-1], sizes[1:], strict=True):
         layers += [nn.Linear(a, b), nn.ReLU()]
     return layers
+
+
+def image_channels(input_shape) -> tuple[int, int, int]:
+    """(C, H, W) of an image shape (H, W) or (C, H, W); ValueError for other shapes."""
+    shape = tuple(input_shape)
+    chw = (1, *shape) if len(shape) == 2 else shape
+    if len(chw) != 3 or min(chw[1:]) < 4:
+        raise ValueError(
+            f"the conv arch needs images (H, W) or (C, H, W), at least 4x4; got {shape}"
+        )
+    return chw
+
+
+def _conv_nets(image_shape, hidden, latent_dim, channels):
+    c, h, w = image_shape
+    c1, c2 = channels
+    # Each stride-2, kernel-4, padding-1 convolution halves a side and each transposed one
+    # doubles it: sides are zero-padded up to a multiple of 4 and the decoder crops back.
+    h4, w4 = math.ceil(h / 4), math.ceil(w / 4)
+    flat = c2 * h4 * w4
+    encoder = nn.Sequential(
+        nn.ZeroPad2d((0, 4 * w4 - w, 0, 4 * h4 - h)) if (h % 4 or w % 4) else nn.Identity(),
+        nn.Conv2d(c, c1, 4, 2, 1),
+        nn.ReLU(),
+        nn.Conv2d(c1, c2, 4, 2, 1),
+        nn.ReLU(),
+        nn.Flatten(),
+        *_mlp([flat, *hidden]),
+    )
+    back = [latent_dim, *reversed(hidden), flat]
+    decoder = nn.Sequential(
+        *_mlp(back),
+        nn.Unflatten(1, (c2, h4, w4)),
+        nn.ConvTranspose2d(c2, c1, 4, 2, 1),
+        nn.ReLU(),
+        nn.ConvTranspose2d(c1, c, 4, 2, 1),
+        _Crop(h, w),
+    )
+    return encoder, decoder
+
+
+class _Crop(nn.Module):
+    def __init__(self, h, w):
+        super().__init__()
+        self.h, self.w = h, w
+
+    def forward(self, x):
+        return x[:, :, : self.h, : self.w]
 
 
 def reconstruction_nll(x, params, likelihood, obs_logvar=None):
