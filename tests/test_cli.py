@@ -154,3 +154,22 @@ def test_reconstruct_writes_originals_above_reconstructions(mnist_small, tmp_pat
 
     expected = EdgeVAE.load().reconstruct(np.load(tmp_path / "digits.npy"), seed=3)
     np.testing.assert_array_equal(np.load(tmp_path / "r.npy"), expected)
+
+
+def test_bench_times_score_and_sample_against_the_bare_floor(tmp_path):
+    result = run_cli("bench", "--batch-sizes", "1,8", "--seconds", "0.2", "--threads", "1",
+                     "--json", tmp_path / "bench.json")  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    report = json.loads((tmp_path / "bench.json").read_text())
+    assert [(r["job"], r["batch"]) for r in report["rows"]] == [
+        ("score", 1), ("sample", 1), ("score", 8), ("sample", 8)
+    ]  # fmt: skip
+    assert report["threads"] == 1 and report["providers"] == ["CPUExecutionProvider"]
+    for row in report["rows"]:
+        for who in ("vae_edge", "bare_ort"):
+            t = row[who]
+            assert 0 < t["p50_us"] <= t["p95_us"] <= t["p99_us"] and t["calls"] >= 3
+        assert row["vae_edge_over_bare"] == row["vae_edge"]["p50_us"] / row["bare_ort"]["p50_us"]
+    assert "| score | 8 |" in result.stdout
+    bad = run_cli("bench", "--batch-sizes", "1,x")
+    assert bad.returncode == 2 and "is not a list of integers" in bad.stderr

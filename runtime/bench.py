@@ -1,0 +1,118 @@
+"""Latency and throughput of a bundle with onnxruntime and NumPy alone (`vae-edge bench`).
+
+Each job is timed two ways on the same sessions: through EdgeVAE (validation, preprocessing,
+chunking included) and as the bare onnxruntime calls with hand-written NumPy, the floor
+the wrapper adds to. The two take turns in short bursts, so load from other processes
+falls on both alike; warm-up calls are excluded.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import numpy as np
+
+from vae_edge.runtime.model import EdgeVAE, _bernoulli_entropy
+
+PERCENTILES = (50, 95, 99)
+
+
+def time_calls(
+    contenders: dict[str, Callable[[], object]], seconds: float = 3.0, burst: float = 0.1
+) -> dict[str, np.ndarray]:
+    """Call times in microseconds of each contender, about `seconds` of calls each."""
+    runs = {name: [] for name in contenders}
+    for fn in contenders.values():
+        for _ in range(3):
+            fn()  # warm-up: first calls allocate and pick kernels
+    for _ in range(max(1, round(seconds / burst))):
+        for name, fn in contenders.items():
+            deadline = time.perf_counter() + burst
+            while True:
+                t0 = time.perf_counter_ns()
+                fn()
+                runs[name].append(time.perf_counter_ns() - t0)
+                if time.perf_counter() >= deadline:
+                    break
+    return {name: np.array(r) / 1e3 for name, r in runs.items()}
+
+
+def summarize(times_us: np.ndarray, batch: int) -> dict:
+    """Percentiles in microseconds, the number of calls and samples per second at p50."""
+    p = {f"p{q}_us": float(np.percentile(times_us, q)) for q in PERCENTILES}
+    return p | {"calls": len(times_us), "samples_per_s": batch / p["p50_us"] * 1e6}
+
+
+def score_jobs(model: EdgeVAE, x: np.ndarray) -> dict[str, Callable[[], object]]:
+    """The default score (-ELBO at z = mu, measured from the floor) through EdgeVAE and by
+    hand."""
+    m = model.manifest
+    xp = model.preprocess(x)
+    encoder, decoder = model._encoder, model._decoder
+    x_name, z_name = model._x_name, model._z_name
+    axes = tuple(range(1, xp.ndim))
+    bernoulli = m.likelihood == "bernoulli"
+    precision = 1.0 if m.observation_logvar is None else model._obs_precision
+
+    def bare():
+        mu, logvar = encoder.run(None, {x_name: xp})
+        params = decoder.run(None, {z_name: mu})[0]
+        if bernoulli:
+            nll = np.log1p(np.exp(-np.abs(params))) + np.maximum(params, 0) - xp * params
+            nll -= _bernoulli_entropy(xp)
+        else:
+            nll = 0.5 * np.square(xp - params) * precision
+        kl = -0.5 * np.sum(1 + logvar - np.square(mu) - np.exp(logvar), axis=1)
+        return nll.sum(axis=axes) + kl
+
+    return {"vae_edge": lambda: model.score(x), "bare_ort": bare}
+
+
+def sample_jobs(model: EdgeVAE, n: int) -> dict[str, Callable[[], object]]:
+    """n new samples in the data's units through EdgeVAE and by hand."""
+    m = model.manifest
+    decoder, z_name = model._decoder, model._z_name
+    invert = m.preprocessing.invert
+    bernoulli = m.likelihood == "bernoulli"
+
+    def bare():
+        z = np.random.default_rng(0).standard_normal((n, m.latent_dim), dtype=np.float32)
+        params = decoder.run(None, {z_name: z})[0]
+        return invert(1 / (1 + np.exp(-params)) if bernoulli else params)
+
+    return {"vae_edge": lambda: model.sample(n, seed=0), "bare_ort": bare}
+
+
+def run(model: EdgeVAE, batch_sizes=(1, 32, 1024, 4096), seconds: float = 3.0, progress=None):
+    """Time score and sample at each batch size; one row per (job, batch)."""
+    rows = []
+    for n in batch_sizes:
+        x = np.round(model.sample(n, seed=1))  # realistic inputs in the data's units
+        if model.manifest.data_dtype == "uint8":
+            x = x.astype(np.uint8)
+        for job, contenders in (("score", score_jobs(model, x)), ("sample", sample_jobs(model, n))):
+            times = time_calls(contenders, seconds / 2)
+            row = {"job": job, "batch": n} | {k: summarize(t, n) for k, t in times.items()}
+            row["vae_edge_over_bare"] = row["vae_edge"]["p50_us"] / row["bare_ort"]["p50_us"]
+            rows.append(row)
+            if progress:
+                progress(row)
+    return rows
+
+
+def table(rows: list[dict]) -> str:
+    """Markdown table of run()'s rows."""
+    lines = [
+        "| job | batch | vae-edge p50 / p95 / p99 (us) | bare ORT p50 (us) | vae-edge / bare "
+        "| samples/s |",
+        "| --- | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for r in rows:
+        v = r["vae_edge"]
+        lines.append(
+            f"| {r['job']} | {r['batch']} | {v['p50_us']:.1f} / {v['p95_us']:.1f} / "
+            f"{v['p99_us']:.1f} | {r['bare_ort']['p50_us']:.1f} | {r['vae_edge_over_bare']:.2f}x "
+            f"| {v['samples_per_s']:,.0f} |"
+        )
+    return "\n".join(lines)
