@@ -136,10 +136,12 @@ def train(data, run_dir, hidden, quiet, **options):
 @click.argument("run_dir", type=click.Path(path_type=Path))
 @click.option("--out", "model_dir", required=True, type=click.Path(path_type=Path))
 @click.option("--force", is_flag=True, help="Replace an existing bundle at --out.")
-def export(run_dir, model_dir, force):
+@click.option("--quantize", type=click.Choice(["int8"]),
+              help="int8 weights (onnxruntime dynamic quantization), checked vs fp32.")  # fmt: skip
+def export(run_dir, model_dir, force, quantize):
     """Export RUN_DIR as a checked ONNX bundle (needs the `train` extra)."""
     export_module = _train_extra("vae_edge.export.onnx_export")
-    manifest = export_module.export_run(run_dir, model_dir, force=force)
+    manifest = export_module.export_run(run_dir, model_dir, force=force, quantize=quantize)
     p = manifest.parity
     click.echo(f"wrote {model_dir} (encoder.onnx, decoder.onnx, vae.json)")
     click.echo(
@@ -152,6 +154,13 @@ def export(run_dir, model_dir, force):
             if k.startswith("max_abs_diff_")
         )
     )
+    if "int8" in p:
+        q = p["int8"]
+        click.echo(
+            f"int8 vs fp32 scores on {q['samples']} samples from the model: correlation "
+            f"{q['score_correlation']:.5f}, median relative difference "
+            f"{q['median_rel_diff_score']:.2e}"
+        )
 
 
 @cli.command()

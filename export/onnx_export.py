@@ -8,6 +8,7 @@ The bundle is built in a temporary directory and moved into place only if every 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
@@ -59,8 +60,19 @@ class _Decoder(torch.nn.Module):
         return self.vae.decode(z)
 
 
-def export_run(run_dir: str | Path, out: str | Path, force: bool = False) -> Manifest:
-    """Export the run in `run_dir` to the bundle directory `out` and return its manifest."""
+QUANTIZE = ("int8",)
+QUANT_CHECK_SAMPLES = 512
+MIN_SCORE_CORRELATION = 0.99  # int8 vs fp32 scores on samples from the model
+
+
+def export_run(
+    run_dir: str | Path, out: str | Path, force: bool = False, quantize: str | None = None
+) -> Manifest:
+    """Export the run in `run_dir` to the bundle directory `out` and return its manifest.
+    quantize="int8": int8 weights (onnxruntime dynamic quantization), after the fp32 graphs
+    pass the parity gate; the int8 scores must then correlate with the fp32 ones."""
+    if quantize not in (None, *QUANTIZE):
+        raise InputError(f"unknown quantization {quantize!r} (use {', '.join(QUANTIZE)})")
     vae, config = load_run(run_dir)
     out = Path(out)
     if out.exists() and not (out / MANIFEST_FILE).is_file() and any(out.iterdir()):
@@ -72,6 +84,8 @@ def export_run(run_dir: str | Path, out: str | Path, force: bool = False) -> Man
     try:
         staging.chmod(0o777 & ~umask())  # mkdtemp makes 0700
         manifest = _build(vae, config, staging)
+        if quantize:
+            manifest = _quantize(manifest, staging)
         _replace_dir(staging, out)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
@@ -133,29 +147,35 @@ def _observation_logvar(vae: VAE) -> list[float] | None:
     return None if logvar is None else logvar.detach().flatten().tolist()
 
 
-def _export_graph(module, example, file: Path, inputs, outputs) -> None:
-    batch = torch.export.Dim("batch", min=1)
-    # The exporter logs registry noise (e.g. "torchvision is not installed"); keep it quiet.
-    quiet = logging.getLogger("torch.onnx")
-    level = quiet.level
-    quiet.setLevel(logging.ERROR)
+@contextlib.contextmanager
+def _quiet_logging():
+    """The exporter logs registry noise (e.g. "torchvision is not installed") and the
+    quantizer advice to the root logger; neither is for our users."""
+    previous = logging.root.manager.disable
+    logging.disable(logging.WARNING)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            program = torch.onnx.export(
-                module.eval(),
-                (example,),
-                dynamo=True,
-                input_names=inputs,
-                output_names=outputs,
-                dynamic_shapes=({0: batch},),
-                opset_version=OPSET,
-                external_data=False,
-                verbose=False,
-                report=False,
-            )
+            yield
     finally:
-        quiet.setLevel(level)
+        logging.disable(previous)
+
+
+def _export_graph(module, example, file: Path, inputs, outputs) -> None:
+    batch = torch.export.Dim("batch", min=1)
+    with _quiet_logging():
+        program = torch.onnx.export(
+            module.eval(),
+            (example,),
+            dynamo=True,
+            input_names=inputs,
+            output_names=outputs,
+            dynamic_shapes=({0: batch},),
+            opset_version=OPSET,
+            external_data=False,
+            verbose=False,
+            report=False,
+        )
     model = program.model_proto
     # The exporter records stack traces with this machine's paths on every node; drop them
     # so a bundle reveals no paths and `make model` gives the same bytes in any checkout.
@@ -164,6 +184,10 @@ def _export_graph(module, example, file: Path, inputs, outputs) -> None:
         node.doc_string = ""
     del model.graph.metadata_props[:]
     onnx.save_model(model, str(file))
+    _check_graph(model, file)
+
+
+def _check_graph(model: onnx.ModelProto, file: Path) -> None:
     onnx.checker.check_model(model, full_check=True)
     random = sorted({n.op_type for n in model.graph.node} & RANDOM_OPS)
     if random:
@@ -172,6 +196,53 @@ def _export_graph(module, example, file: Path, inputs, outputs) -> None:
         dim0 = value.type.tensor_type.shape.dim[0]
         if not dim0.dim_param:
             raise ExportError(f"{file.name}: {value.name} has a fixed batch dimension")
+
+
+def _quantize(fp32: Manifest, folder: Path) -> Manifest:
+    """Replace the bundle's graphs in `folder` by int8-weight versions and check them
+    against the fp32 bundle on samples drawn from the model itself."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    reference = EdgeVAE.load(folder)
+    x = reference.sample(QUANT_CHECK_SAMPLES, seed=0)
+    if fp32.data_dtype == "uint8":
+        x = np.round(x).astype(np.uint8)
+    expected = reference.score(x)
+    graphs = {}
+    for graph in (fp32.encoder, fp32.decoder):
+        file = folder / graph.file
+        with tempfile.TemporaryDirectory() as tmp, _quiet_logging():
+            quantized = Path(tmp) / graph.file
+            quantize_dynamic(file, quantized, weight_type=QuantType.QInt8)
+            shutil.copyfile(quantized, file)
+        _check_graph(onnx.load(str(file)), file)
+        graphs[graph.file] = Graph(graph.file, _sha256(file), graph.inputs, graph.outputs)
+    d = fp32.to_dict() | {
+        "encoder": graphs[fp32.encoder.file].__dict__,
+        "decoder": graphs[fp32.decoder.file].__dict__,
+        "exporter": f"{fp32.exporter}; onnxruntime.quantization.quantize_dynamic (int8 weights)",
+    }
+    (folder / MANIFEST_FILE).write_text(Manifest.from_dict(d).to_json())
+    scores = EdgeVAE.load(folder).score(x)
+    correlation = float(np.corrcoef(expected, scores)[0, 1])
+    if not correlation >= MIN_SCORE_CORRELATION:
+        raise ExportError(
+            f"int8 scores correlate {correlation:.4f} with fp32 ones (at least "
+            f"{MIN_SCORE_CORRELATION} needed): this model does not quantize well"
+        )
+    relative = np.abs(scores - expected) / np.maximum(np.abs(expected), 1e-6)
+    d["parity"] = fp32.parity | {
+        "int8": {
+            "samples": QUANT_CHECK_SAMPLES,
+            "score_correlation": correlation,
+            "median_rel_diff_score": float(np.median(relative)),
+            "max_rel_diff_score": float(relative.max()),
+            "min_correlation": MIN_SCORE_CORRELATION,
+        }
+    }
+    manifest = Manifest.from_dict(d)
+    (folder / MANIFEST_FILE).write_text(manifest.to_json())
+    return manifest
 
 
 def check_parity(vae: VAE, edge: EdgeVAE, seed: int = 0) -> dict[str, float]:

@@ -119,3 +119,21 @@ def test_conv_model_exports_and_passes_the_parity_gate(shape, tmp_path):
     edge = EdgeVAE.load(tmp_path / "bundle")
     assert edge.sample(2, seed=0).shape == (2, *shape)  # the decoder crops odd sides back
     assert np.isfinite(edge.score(x)).all()
+
+
+def test_int8_variant_has_int8_weights_and_scores_like_fp32(
+    mnist_run, mnist_bundle, mnist_small, tmp_path
+):
+    manifest = export_run(mnist_run, tmp_path / "int8", quantize="int8")
+    q = manifest.parity["int8"]
+    assert q["score_correlation"] >= q["min_correlation"] == 0.99
+    assert "quantize_dynamic" in manifest.exporter
+    ops = {n.op_type for n in onnx.load(tmp_path / "int8" / "encoder.onnx").graph.node}
+    assert "MatMulInteger" in ops
+    fp32, int8 = EdgeVAE.load(mnist_bundle), EdgeVAE.load(tmp_path / "int8")
+    with np.load(mnist_small) as f:
+        x = f["x_test"][:200]
+    assert np.corrcoef(fp32.score(x), int8.score(x))[0, 1] > 0.99  # on real digits too
+    with pytest.raises(InputError, match="unknown quantization 'int4'"):
+        export_run(mnist_run, tmp_path / "int4", quantize="int4")
+
