@@ -136,4 +136,3 @@ def test_int8_variant_has_int8_weights_and_scores_like_fp32(
     assert np.corrcoef(fp32.score(x), int8.score(x))[0, 1] > 0.99  # on real digits too
     with pytest.raises(InputError, match="unknown quantization 'int4'"):
         export_run(mnist_run, tmp_path / "int4", quantize="int4")
-
