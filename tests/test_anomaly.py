@@ -189,9 +189,12 @@ def test_constant_columns_are_handled(tmp_path):
     model = EdgeVAE.load(tmp_path / "bundle")
     assert model.manifest.preprocessing.std[3] == 1.0
     normal = model.score(x[:50])
+    assert np.isfinite(normal).all()
     off = x[:50].copy()
-    off[:, 3] = 9.0  # the constant column changes
-    assert np.isfinite(normal).all() and (model.score(off) > normal.max()).all()
+    off[:, 3] = 9.0  # the constant column changes: every sample scores higher
+    assert (model.score(off) > normal).all()
+    off[:, 3] = 12.0  # by 5 (its std counts as 1): above every normal sample
+    assert (model.score(off) > normal.max()).all()
 
 
 def test_likelihood_figures_on_real_digits(mnist_small, tmp_path):

@@ -33,7 +33,6 @@ RUN_FORMAT = "vae-edge-run/1"
 CONFIG_FILE, CHECKPOINT_FILE, LOG_FILE = "config.json", "checkpoint.pt", "log.jsonl"
 EVAL_BATCH = 1024
 LR = 2e-3  # peak of the one-cycle schedule
-VARIANCE_LR_FACTOR = 10
 PATIENCE = 10  # epochs without a better validation loss before training stops
 # Training length for tables: at least 10 epochs and at least this many optimizer steps.
 # Longer runs fit the anomalies that unlabeled training data contains (measured on the
@@ -195,17 +194,10 @@ def fit(
         kl_warmup = epochs / 10
 
     model = VAE(input_shape, hidden, latent_dim, variance == "learned", arch)
-    # Adam moves a parameter by about lr per step: at the network's rate, a short run
-    # could not take a feature's log-variance far from 0, so it gets VARIANCE_LR_FACTOR x.
-    groups = [{"params": [p for n, p in model.named_parameters() if n != "obs_logvar"]}]
-    max_lr = [lr]
-    if model.obs_logvar is not None:
-        groups.append({"params": [model.obs_logvar]})
-        max_lr.append(lr * VARIANCE_LR_FACTOR)
-    optimizer = torch.optim.Adam(groups, lr=lr)
+    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
     n_batches = math.ceil(len(x_fit) / batch_size)
     schedule = torch.optim.lr_scheduler.OneCycleLR(
-        optimizer, max_lr=max_lr, total_steps=epochs * n_batches
+        optimizer, max_lr=lr, total_steps=epochs * n_batches
     )
     warmup_steps = kl_warmup * n_batches
     shuffle = torch.Generator().manual_seed(seed)
