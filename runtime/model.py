@@ -351,14 +351,19 @@ class EdgeVAE:
 
     def _to_data(self, params: np.ndarray) -> np.ndarray:
         if self.manifest.likelihood == "bernoulli":
-            params = 1 / (1 + np.exp(-params))  # logits -> Bernoulli means
+            with np.errstate(over="ignore"):  # exp(-l) = inf for l << 0 gives mean 0, rightly
+                params = 1 / (1 + np.exp(-params))  # logits -> Bernoulli means
         return self.manifest.preprocessing.invert(params)
 
 
 def _bernoulli_entropy(xp: np.ndarray) -> np.ndarray:
-    """-(x log x + (1 - x) log(1 - x)) elementwise, with 0 log 0 = 0."""
-    x1 = 1 - xp
-    return -(xp * np.log(np.where(xp > 0, xp, 1)) + x1 * np.log(np.where(x1 > 0, x1, 1)))
+    """-(x log x + (1 - x) log(1 - x)) elementwise; 0 at x = 0 and x = 1. Computed only
+    where 0 < x < 1: most pixels of an image are 0 or 1, and the logs dominate the cost."""
+    h = np.zeros_like(xp)
+    inside = (xp > 0) & (xp < 1)
+    v = xp[inside]
+    h[inside] = -(v * np.log(v) + (1 - v) * np.log1p(-v))
+    return h
 
 
 def draw_latents(mu: np.ndarray, logvar: np.ndarray, samples: int, rng) -> np.ndarray:
