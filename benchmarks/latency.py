@@ -10,6 +10,7 @@ bare onnxruntime calls with hand-written NumPy (the floor the wrapper adds to).
 3. Cold start, whole process, median of 5: `vae-edge score` of one sample from process
    start to output, against the same job in a process with torch; wall time and peak RSS.
 4. Installed size of the runtime's packages against the same plus torch.
+5. The int8 variant against fp32: speed, bundle size, score correlation, AUROC change.
 
 Writes benchmarks/results/latency.{json,md,png} with the machine and versions.
 """
@@ -123,7 +124,7 @@ def cold_start(run_dir: str, bundle: Path, tmp: Path) -> dict:
     result, outputs = {}, {}
     for name, command in commands.items():
         runs = [_run_measured(command) for _ in range(COLD_RUNS)]
-        outputs[name] = runs[-1][2].split()[-1]
+        outputs[name] = runs[-1][2]  # the score: CSV "index,score" or a number
         result[name] = {"wall_s": float(np.median([r[0] for r in runs])),
                         "peak_rss_mib": float(np.median([r[1] for r in runs]))}  # fmt: skip
     # The same number from both processes, or the comparison is not of the same job.
@@ -133,17 +134,68 @@ def cold_start(run_dir: str, bundle: Path, tmp: Path) -> dict:
     return result
 
 
+# Measures from a small launcher process: a child forked straight from this process (torch
+# loaded, hundreds of MiB) would carry this process's resident size in its own peak.
+LAUNCHER = """
+import os, subprocess, sys, time
+t0 = time.perf_counter()
+p = subprocess.Popen(sys.argv[1:], stdout=subprocess.PIPE)
+out = p.stdout.read()
+_, status, usage = os.wait4(p.pid, 0)
+wall = time.perf_counter() - t0
+sys.exit(f"failed: {sys.argv[1:]}") if os.waitstatus_to_exitcode(status) else None
+print(wall, usage.ru_maxrss / 1024, out.decode().split()[-1].split(",")[-1])
+"""
+
+
 def _run_measured(command: list[str]) -> tuple[float, float, str]:
-    """(wall seconds, peak RSS MiB, stdout) of one process, measured with os.wait4."""
-    t0 = time.perf_counter()
-    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    out = proc.stdout.read()
-    err = proc.stderr.read()
-    _, status, usage = os.wait4(proc.pid, 0)
-    wall = time.perf_counter() - t0
-    if os.waitstatus_to_exitcode(status):
-        raise RuntimeError(f"{command[0]} failed: {err.decode()}")
-    return wall, usage.ru_maxrss / 1024, out.decode()
+    """(wall seconds from process start to exit, peak RSS MiB, last output field)."""
+    r = subprocess.run([sys.executable, "-c", LAUNCHER, *command], capture_output=True, text=True)
+    if r.returncode:
+        raise RuntimeError(f"{command[0]} failed: {r.stderr}")
+    wall, rss, last = r.stdout.split()
+    return float(wall), float(rss), last
+
+
+def int8_variant(run_dir: str, bundle: Path, tmp: Path) -> dict:
+    """`export --quantize int8` against fp32: score throughput at batch 4096 (one thread),
+    score correlation on real MNIST test digits, and AUROC on the ODDS cardio set (seed 0
+    split of the anomaly benchmark, default training) with either bundle."""
+    from sklearn.model_selection import train_test_split
+
+    from vae_edge.runtime.anomaly import roc_auc
+    from vae_edge.training.train import train
+
+    data = Path(os.environ.get("VAE_EDGE_DATA", "../shared/data"))
+    export_run(run_dir, tmp / "int8", quantize="int8")
+    fp32, int8 = EdgeVAE.load(bundle, threads=1), EdgeVAE.load(tmp / "int8", threads=1)
+    x = np.round(fp32.sample(4096, seed=1)).astype(np.uint8)
+    times = time_calls({"fp32": lambda: fp32.score(x), "int8": lambda: int8.score(x)}, SECONDS)
+    rate = {k: summarize(t, 4096)["samples_per_s"] for k, t in times.items()}
+    with np.load(data / "mnist.npz") as f:
+        digits = f["x_test"][:2000]
+    correlation = float(np.corrcoef(fp32.score(digits), int8.score(digits))[0, 1])
+    with np.load(data / "odds" / "cardio.npz") as f:
+        x_train, x_test, _, y_test = train_test_split(
+            f["x"], f["y"], test_size=0.4, stratify=f["y"], random_state=0
+        )
+    np.save(tmp / "cardio.npy", x_train)
+    train(str(tmp / "cardio.npy"), tmp / "cardio-run", progress=False)
+    aurocs = {}
+    for name, quantize in (("fp32", None), ("int8", "int8")):
+        export_run(tmp / "cardio-run", tmp / f"cardio-{name}", quantize=quantize)
+        aurocs[name] = roc_auc(y_test, EdgeVAE.load(tmp / f"cardio-{name}").score(x_test))
+    return {
+        "samples_per_s_batch_4096_1_thread": rate,
+        "int8_over_fp32_speed": rate["int8"] / rate["fp32"],
+        "score_correlation_mnist_test_2000": correlation,
+        "cardio_auroc": aurocs,
+        "cardio_auroc_change": aurocs["int8"] - aurocs["fp32"],
+        "bundle_mib": {
+            name: sum(f.stat().st_size for f in b.iterdir()) / 2**20
+            for name, b in (("fp32", bundle), ("int8", tmp / "int8"))
+        },  # fmt: skip
+    }
 
 
 def installed_size() -> dict:
@@ -213,6 +265,7 @@ def main(run_dir: str = "build/mnist-run") -> None:
         rows = latency(vae, edge)
         rates = throughput(vae, bundle)
         cold = cold_start(run_dir, bundle, Path(tmp))
+        quantized = int8_variant(run_dir, bundle, Path(tmp))
     size = installed_size()
     result = {
         "what": f"vae-edge vs torch eager vs bare onnxruntime on {run_dir}",
@@ -231,6 +284,7 @@ def main(run_dir: str = "build/mnist-run") -> None:
         "latency": rows,
         "throughput_samples_per_s": rates,
         "cold_start": cold,
+        "int8": quantized,
         "installed_size": size,
         "seconds": round(time.perf_counter() - started),
     }
@@ -266,6 +320,22 @@ def main(run_dir: str = "build/mnist-run") -> None:
         f"Installed size: runtime packages {size['runtime_mib']:.0f} MiB, with torch "
         f"{size['with_torch_mib']:.0f} MiB "
         f"({size['runtime_mib'] / size['with_torch_mib']:.2f} of it).",
+    ]
+    q = quantized
+    lines += [
+        "",
+        "| int8 variant (`export --quantize int8`) | fp32 | int8 |",
+        "| --- | ---: | ---: |",
+        f"| score at batch 4096, 1 thread (samples/s) "
+        f"| {q['samples_per_s_batch_4096_1_thread']['fp32']:,.0f} "
+        f"| {q['samples_per_s_batch_4096_1_thread']['int8']:,.0f} |",
+        f"| bundle size (MiB) | {q['bundle_mib']['fp32']:.1f} | {q['bundle_mib']['int8']:.1f} |",
+        f"| AUROC on cardio (seed-0 split) | {q['cardio_auroc']['fp32']:.4f} "
+        f"| {q['cardio_auroc']['int8']:.4f} |",
+        "",
+        f"int8 / fp32 speed {q['int8_over_fp32_speed']:.2f}x; score correlation on 2,000 MNIST "
+        f"test digits {q['score_correlation_mnist_test_2000']:.5f}; AUROC change on cardio "
+        f"{q['cardio_auroc_change']:+.4f}.",
     ]
     header = f"{result['what']}; {result['machine']}; {result['versions']}; {result['threads']}"
     write_results("latency", result, header, "\n".join(lines))

@@ -79,7 +79,10 @@ def sample_jobs(model: EdgeVAE, n: int) -> dict[str, Callable[[], object]]:
     def bare():
         z = np.random.default_rng(0).standard_normal((n, m.latent_dim), dtype=np.float32)
         params = decoder.run(None, {z_name: z})[0]
-        return invert(1 / (1 + np.exp(-params)) if bernoulli else params)
+        if bernoulli:
+            with np.errstate(over="ignore"):
+                params = 1 / (1 + np.exp(-params))
+        return invert(params)
 
     return {"vae_edge": lambda: model.sample(n, seed=0), "bare_ort": bare}
 
