@@ -85,7 +85,7 @@ def cli():
     "weights are kept); 0: never stop early. Default: 10.",
 )
 @click.option(
-    "--latent-dim", type=click.IntRange(min=1), help="Default: from the data (20 for MNIST)."
+    "--latent-dim", type=click.IntRange(min=1), help="Default: from the data (32 for MNIST)."
 )
 @click.option(
     "--hidden", help="Hidden layer sizes, comma separated, e.g. 512,256. Default: from the data."
