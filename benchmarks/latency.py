@@ -34,7 +34,13 @@ from report import RESULTS, write_results
 
 from vae_edge.export.onnx_export import export_run
 from vae_edge.runtime import EdgeVAE
-from vae_edge.runtime.bench import sample_jobs, score_jobs, summarize, time_calls
+from vae_edge.runtime.bench import (
+    data_like_samples,
+    sample_jobs,
+    score_jobs,
+    summarize,
+    time_calls,
+)
 from vae_edge.training.model import kl_divergence, reconstruction_nll
 from vae_edge.training.train import load_run
 
@@ -69,7 +75,7 @@ def torch_jobs(vae, edge: EdgeVAE, x: np.ndarray, n: int) -> dict:
 def latency(vae, edge: EdgeVAE) -> list[dict]:
     rows = []
     for n in BATCH_SIZES:
-        x = np.round(edge.sample(n, seed=1)).astype(np.uint8)
+        x = data_like_samples(edge, n)
         eager = torch_jobs(vae, edge, x, n)
         for job, contenders in (("score", score_jobs(edge, x)), ("sample", sample_jobs(edge, n))):
             times = time_calls(contenders | {"torch_eager": eager[job]}, SECONDS)
@@ -88,7 +94,7 @@ def throughput(vae, bundle: Path) -> dict:
     for threads in sorted({1, os.cpu_count()}):
         torch.set_num_threads(threads)
         edge = EdgeVAE.load(bundle, threads=threads)
-        x = np.round(edge.sample(4096, seed=1)).astype(np.uint8)
+        x = data_like_samples(edge, 4096)
         contenders = {"vae_edge": score_jobs(edge, x)["vae_edge"],
                       "torch_eager": torch_jobs(vae, edge, x, 4096)["score"]}  # fmt: skip
         times = time_calls(contenders, SECONDS)
@@ -115,7 +121,7 @@ with torch.inference_mode():
 def cold_start(run_dir: str, bundle: Path, tmp: Path) -> dict:
     """Wall seconds and peak RSS (MiB) of whole processes scoring one sample, median of 5."""
     one = tmp / "one.npy"
-    np.save(one, np.round(EdgeVAE.load(bundle).sample(1, seed=2)).astype(np.uint8))
+    np.save(one, data_like_samples(EdgeVAE.load(bundle), 1, seed=2))
     vae_edge = Path(sys.executable).with_name("vae-edge")
     commands = {
         "vae_edge": [str(vae_edge), "score", "--model", str(bundle), "--threads", "1", str(one)],
@@ -169,7 +175,7 @@ def int8_variant(run_dir: str, bundle: Path, tmp: Path) -> dict:
     data = Path(os.environ.get("VAE_EDGE_DATA", "../shared/data"))
     export_run(run_dir, tmp / "int8", quantize="int8")
     fp32, int8 = EdgeVAE.load(bundle, threads=1), EdgeVAE.load(tmp / "int8", threads=1)
-    x = np.round(fp32.sample(4096, seed=1)).astype(np.uint8)
+    x = data_like_samples(fp32, 4096)
     times = time_calls({"fp32": lambda: fp32.score(x), "int8": lambda: int8.score(x)}, SECONDS)
     rate = {k: summarize(t, 4096)["samples_per_s"] for k, t in times.items()}
     with np.load(data / "mnist.npz") as f:

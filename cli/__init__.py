@@ -116,11 +116,9 @@ def train(data, run_dir, hidden, quiet, **options):
             ) from None
         if any(h < 1 for h in hidden):
             raise click.BadParameter("sizes must be positive", param_hint="--hidden")
-    if options["patience"] == 0:
-        options["patience"] = None
-    elif options["patience"] is None:
-        del options["patience"]
-    options = {k: v for k, v in options.items() if v is not None or k == "patience"}
+    options = {k: v for k, v in options.items() if v is not None}  # unset: fit's default
+    if options.get("patience") == 0:
+        options["patience"] = None  # fit's "never stop early"
     config = train_module.train(data, run_dir, hidden=hidden, progress=not quiet, **options)
     s = config["summary"]
     click.echo(f"wrote {run_dir} ({s['seconds']} s)")

@@ -23,6 +23,7 @@ import onnx
 import onnxruntime
 import torch
 
+from vae_edge.runtime.bench import data_like_samples
 from vae_edge.runtime.data import umask
 from vae_edge.runtime.errors import InputError, VAEEdgeError
 from vae_edge.runtime.manifest import FORMAT_VERSION, MANIFEST_FILE, Graph, Manifest
@@ -204,9 +205,7 @@ def _quantize(fp32: Manifest, folder: Path) -> Manifest:
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     reference = EdgeVAE.load(folder)
-    x = reference.sample(QUANT_CHECK_SAMPLES, seed=0)
-    if fp32.data_dtype == "uint8":
-        x = np.round(x).astype(np.uint8)
+    x = data_like_samples(reference, QUANT_CHECK_SAMPLES, seed=0)
     expected = reference.score(x)
     graphs = {}
     for graph in (fp32.encoder, fp32.decoder):

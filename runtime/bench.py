@@ -18,6 +18,13 @@ from vae_edge.runtime.model import EdgeVAE, _bernoulli_entropy
 PERCENTILES = (50, 95, 99)
 
 
+def data_like_samples(model: EdgeVAE, n: int, seed: int = 1) -> np.ndarray:
+    """n samples from the model in the data's units and dtype (rounded grey levels for
+    uint8 models): realistic inputs for timing and for comparing variants."""
+    x = model.sample(n, seed=seed)
+    return np.round(x).astype(np.uint8) if model.manifest.data_dtype == "uint8" else x
+
+
 def time_calls(
     contenders: dict[str, Callable[[], object]], seconds: float = 3.0, burst: float = 0.1
 ) -> dict[str, np.ndarray]:
@@ -91,9 +98,7 @@ def run(model: EdgeVAE, batch_sizes=(1, 32, 1024, 4096), seconds: float = 3.0, p
     """Time score and sample at each batch size; one row per (job, batch)."""
     rows = []
     for n in batch_sizes:
-        x = np.round(model.sample(n, seed=1))  # realistic inputs in the data's units
-        if model.manifest.data_dtype == "uint8":
-            x = x.astype(np.uint8)
+        x = data_like_samples(model, n)
         for job, contenders in (("score", score_jobs(model, x)), ("sample", sample_jobs(model, n))):
             times = time_calls(contenders, seconds / 2)
             row = {"job": job, "batch": n} | {k: summarize(t, n) for k, t in times.items()}
