@@ -136,9 +136,14 @@ def train(data, run_dir, hidden, quiet, **options):
 @click.option("--force", is_flag=True, help="Replace an existing bundle at --out.")
 @click.option("--quantize", type=click.Choice(["int8"]),
               help="int8 weights (onnxruntime dynamic quantization), checked vs fp32.")  # fmt: skip
-def export(run_dir, model_dir, force, quantize):
+@click.option("--fp16", is_flag=True,
+              help="float16 graphs with float32 inputs and outputs (for GPUs), checked vs fp32.")  # fmt: skip
+def export(run_dir, model_dir, force, quantize, fp16):
     """Export RUN_DIR as a checked ONNX bundle (needs the `train` extra)."""
+    if quantize and fp16:
+        raise click.UsageError("--quantize and --fp16 exclude each other; choose one")
     export_module = _train_extra("vae_edge.export.onnx_export")
+    quantize = "fp16" if fp16 else quantize
     manifest = export_module.export_run(run_dir, model_dir, force=force, quantize=quantize)
     p = manifest.parity
     click.echo(f"wrote {model_dir} (encoder.onnx, decoder.onnx, vae.json)")
@@ -152,12 +157,12 @@ def export(run_dir, model_dir, force, quantize):
             if k.startswith("max_abs_diff_")
         )
     )
-    if "int8" in p:
-        q = p["int8"]
+    if quantize:
+        q = p[quantize]
         click.echo(
-            f"int8 vs fp32 scores on {q['samples']} samples from the model: correlation "
-            f"{q['score_correlation']:.5f}, median relative difference "
-            f"{q['median_rel_diff_score']:.2e}"
+            f"{quantize} vs fp32 scores on {q['samples']} samples from the model: correlation "
+            f"{q['score_correlation']:.5f} (at least {q['min_correlation']}), median relative "
+            f"difference {q['median_rel_diff_score']:.2e}"
         )
 
 
@@ -443,6 +448,11 @@ def info(model_dir, verify):
         ),  # fmt: skip
         f"threshold     {'none' if m.threshold is None else m.threshold.value}",
     ]
+    for variant in ("int8", "fp16"):
+        if variant in m.parity:
+            q = m.parity[variant]
+            lines.append(f"variant       {variant}: scores correlate {q['score_correlation']:.5f} "
+                         f"with fp32 on {q['samples']} samples from the model")  # fmt: skip
     if "test_loss" in s:
         lines.append(f"test loss     {s['test_loss']:.2f} nats/sample")
     lines.append(f"providers     {', '.join(onnxruntime.get_available_providers())}")

@@ -13,7 +13,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from vae_edge.runtime.model import EdgeVAE, _bernoulli_entropy
+from vae_edge.runtime.model import EdgeVAE, bernoulli_entropy
 
 PERCENTILES = (50, 95, 99)
 
@@ -61,13 +61,17 @@ def score_jobs(model: EdgeVAE, x: np.ndarray) -> dict[str, Callable[[], object]]
     axes = tuple(range(1, xp.ndim))
     bernoulli = m.likelihood == "bernoulli"
     precision = 1.0 if m.observation_logvar is None else model._obs_precision
+    if bernoulli and x.dtype == np.uint8:  # a table of the 256 levels' entropies, as EdgeVAE
+        floor = bernoulli_entropy(m.preprocessing.apply(np.arange(256, dtype=np.uint8)))[x]
+    elif bernoulli:
+        floor = bernoulli_entropy(xp)
 
     def bare():
         mu, logvar = encoder.run(None, {x_name: xp})
         params = decoder.run(None, {z_name: mu})[0]
         if bernoulli:
-            nll = np.log1p(np.exp(-np.abs(params))) + np.maximum(params, 0) - xp * params
-            nll -= _bernoulli_entropy(xp)
+            nll = np.log(1 + np.exp(-np.abs(params))) + np.maximum(params, 0) - xp * params
+            nll -= floor
         else:
             nll = 0.5 * np.square(xp - params) * precision
         kl = -0.5 * np.sum(1 + logvar - np.square(mu) - np.exp(logvar), axis=1)

@@ -8,7 +8,6 @@ from __future__ import annotations
 import itertools
 import math
 import os
-import tempfile
 import warnings
 import zipfile
 from collections.abc import Iterator
@@ -316,6 +315,8 @@ def _temporary_beside(path: Path) -> str:
         raise InputError(f"{path}: directory {path.parent} does not exist")
     if path.is_dir():
         raise InputError(f"{path}: is a directory")
+    import tempfile  # here, not at the top: its import is 2% of `vae-edge score`'s start
+
     try:
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     except OSError as e:

@@ -12,7 +12,6 @@ import hashlib
 import math
 import warnings
 from collections.abc import Iterable, Iterator
-from importlib import resources
 from pathlib import Path
 
 import numpy as np
@@ -28,9 +27,9 @@ DEFAULT_BATCH_SIZE = 1024
 HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
 
 
-def default_model_dir():
+def default_model_dir() -> Path:
     """The MNIST bundle shipped inside the package (see `make model`)."""
-    return resources.files("vae_edge.runtime") / "default_model"
+    return Path(__file__).parent / "default_model"
 
 
 class EdgeVAE:
@@ -54,6 +53,10 @@ class EdgeVAE:
         self._encoder_outputs = manifest.encoder.outputs
         self._decoder_outputs = manifest.decoder.outputs[:1]
         self._obs_logvar = None
+        self._entropy_table = None  # of uint8 input's 256 values, see _bernoulli_entropy
+        if manifest.likelihood == "bernoulli" and manifest.preprocessing.kind == "scale":
+            levels = manifest.preprocessing.apply(np.arange(256, dtype=np.uint8))
+            self._entropy_table = bernoulli_entropy(levels)
         if manifest.observation_logvar is not None:
             shape = manifest.input_shape
             self._obs_logvar = np.asarray(manifest.observation_logvar, np.float32).reshape(shape)
@@ -172,14 +175,14 @@ class EdgeVAE:
         benchmark. samples=L averages over L draws z = mu + exp(logvar / 2) * eps, with eps
         from NumPy seeded by `seed` (encoder once, decoder once on all L draws).
         """
-        chunks = self.score_chunks([x], samples, seed, score_type)
-        return np.concatenate([np.zeros(0, np.float32), *chunks])
+        rng = self._check_scoring(samples, seed, score_type)
+        return self._score_rows(self._as_samples(x), 0, samples, rng, score_type, False)
 
     def feature_scores(self, x, samples: int = 0, seed: int | None = None) -> np.ndarray:
         """Reconstruction loss of each feature, (N, *input_shape): which features make a
         sample anomalous. Sums over features to score(..., score_type="recon")."""
-        chunks = self.score_chunks([x], samples, seed, "recon", per_feature=True)
-        return np.concatenate([self._empty(), *chunks])
+        rng = self._check_scoring(samples, seed, "recon")
+        return self._score_rows(self._as_samples(x), 0, samples, rng, "recon", True)
 
     def score_chunks(
         self,
@@ -192,25 +195,12 @@ class EdgeVAE:
         """Score an iterable of arrays as one long array, yielding the scores of each chunk:
         the same numbers as score(concatenated chunks), with memory bounded by one chunk.
         Rows are validated and preprocessed batch by batch, never copied whole."""
-        if not isinstance(samples, (int, np.integer)) or isinstance(samples, bool) or samples < 0:
-            raise InputError(f"samples must be an integer >= 0, got {samples!r}")
-        if score_type not in SCORE_TYPES:
-            raise InputError(
-                f"score_type must be one of {', '.join(SCORE_TYPES)}, got {score_type!r}"
-            )
-        if score_type == "iwae" and samples < 1:
-            raise InputError("score_type iwae needs samples >= 1 (the k of L_k)")
-        rng = _rng(seed) if samples else _check_seed(seed)  # z = mu draws nothing
-        rows = max(1, self.batch_size // max(samples, 1))
+        rng = self._check_scoring(samples, seed, score_type)
         offset = 0
         for chunk in chunks:
             x = self._as_samples(chunk)
-            out = [self._empty() if per_feature else np.zeros(0, np.float32)]
-            for i in range(0, len(x), rows):
-                xp = self._preprocess(x[i : i + rows], offset + i)
-                out.append(self._score(xp, samples, rng, score_type, per_feature))
+            yield self._score_rows(x, offset, samples, rng, score_type, per_feature)
             offset += len(x)
-            yield np.concatenate(out)
 
     def predict(self, x, threshold: float | None = None) -> np.ndarray:
         """True where score > threshold. Scores are computed with the settings stored with
@@ -236,6 +226,33 @@ class EdgeVAE:
         return self._preprocess(self._as_samples(x), 0)
 
     # -- internals ------------------------------------------------------------------------
+
+    def _check_scoring(self, samples, seed, score_type: str):
+        """Validate score arguments; the noise generator (None when z = mu draws nothing)."""
+        if not isinstance(samples, (int, np.integer)) or isinstance(samples, bool) or samples < 0:
+            raise InputError(f"samples must be an integer >= 0, got {samples!r}")
+        if score_type not in SCORE_TYPES:
+            raise InputError(
+                f"score_type must be one of {', '.join(SCORE_TYPES)}, got {score_type!r}"
+            )
+        if score_type == "iwae" and samples < 1:
+            raise InputError("score_type iwae needs samples >= 1 (the k of L_k)")
+        _check_seed(seed)
+        return _rng(seed) if samples else None
+
+    def _score_rows(self, x, offset: int, samples: int, rng, score_type: str, per_feature: bool):
+        """Scores of samples x, (N, *input_shape), in batches; `offset` is x[0]'s index in
+        the whole input, for error messages."""
+        rows = max(1, self.batch_size // max(samples, 1))
+        out = []
+        for i in range(0, len(x), rows):
+            batch = x[i : i + rows]
+            xp = self._preprocess(batch, offset + i)
+            out.append(self._score(batch, xp, samples, rng, score_type, per_feature))
+        if len(out) == 1:
+            return out[0]
+        empty = self._empty() if per_feature else np.zeros(0, np.float32)
+        return np.concatenate([empty, *out])
 
     def _starts(self, n: int) -> range:
         return range(0, n, self.batch_size)
@@ -290,12 +307,13 @@ class EdgeVAE:
     def _decode(self, z: np.ndarray) -> np.ndarray:
         return self._decoder.run(self._decoder_outputs, {self._z_name: z})[0]
 
-    def _score(self, xp, samples: int, rng, score_type: str, per_feature: bool) -> np.ndarray:
+    def _score(self, x, xp, samples: int, rng, score_type: str, per_feature: bool):
+        """Scores of raw samples x, preprocessed to xp, (n, *input_shape)."""
         mu, logvar = self._encode(xp)
         n, k = mu.shape
         z = mu[:, None] if samples == 0 else draw_latents(mu, logvar, samples, rng)  # (n, L, k)
         params = self._decode(z.reshape(-1, k)).reshape(n, z.shape[1], *self.manifest.input_shape)
-        elementwise = self._elementwise_nll(xp[:, None], params)  # (n, L, *input_shape)
+        elementwise = self._elementwise_nll(x[:, None], xp[:, None], params)  # (n, L, *shape)
         if per_feature:
             return elementwise.mean(axis=1)
         recon = elementwise.reshape(n, z.shape[1], -1).sum(axis=2, dtype=np.float32)  # (n, L)
@@ -315,9 +333,10 @@ class EdgeVAE:
         log_mean_w = top[:, 0] + np.log(np.mean(np.exp(log_w - top), axis=1))
         return (-log_mean_w).astype(np.float32)
 
-    def _elementwise_nll(self, xp: np.ndarray, params: np.ndarray) -> np.ndarray:
-        """-log p(x|z) of each feature for decoder output `params`, minus its floor
-        -log p(x | x): zero where the reconstruction is perfect (see nll_floor)."""
+    def _elementwise_nll(self, x: np.ndarray, xp: np.ndarray, params: np.ndarray) -> np.ndarray:
+        """-log p(x|z) of each feature of raw x, preprocessed to xp, for decoder output
+        `params`, minus its floor -log p(x | x): zero where the reconstruction is perfect
+        (see nll_floor)."""
         if self.manifest.likelihood == "bernoulli":
             # BCE with logits: softplus(l) - x * l, softplus(l) = max(l, 0) + log(1 + e^-|l|).
             # In place with np.exp/np.log, which are SIMD-vectorised for float32;
@@ -329,7 +348,7 @@ class EdgeVAE:
             np.log(t, out=t)
             t += np.maximum(params, 0)
             t -= xp * params
-            t -= _bernoulli_entropy(xp)
+            t -= self._bernoulli_entropy(x, xp)
             return t
         t = np.square(xp - params)
         if self._obs_logvar is not None:  # learned variance per feature
@@ -346,13 +365,22 @@ class EdgeVAE:
         (measured on one-class MNIST: 1s scored as more normal than the 8s a model was
         trained on). Gaussian: a constant. score(score_type="elbo") + nll_floor(x) is the
         -ELBO (the training loss), likewise for "recon" and "iwae"."""
-        xp = self.preprocess(x)
+        x = self._as_samples(x)
+        xp = self._preprocess(x, 0)
         if self.manifest.likelihood == "bernoulli":
-            floor = _bernoulli_entropy(xp)
+            floor = self._bernoulli_entropy(x, xp)
         else:
             logvar = 0 if self._obs_logvar is None else self._obs_logvar
             floor = np.broadcast_to(0.5 * logvar + np.float32(HALF_LOG_2PI), xp.shape)
         return floor.reshape(len(xp), -1).sum(axis=1, dtype=np.float32)
+
+    def _bernoulli_entropy(self, x: np.ndarray, xp: np.ndarray) -> np.ndarray:
+        """The Bernoulli floor of each feature of raw x, preprocessed to xp. uint8 input
+        has 256 possible values: a table of their entropies gives the same numbers as
+        computing them, 8x faster (the logs were a third of the score's time at batch 1024)."""
+        if x.dtype != np.uint8 or self._entropy_table is None:
+            return bernoulli_entropy(xp)
+        return self._entropy_table[x]
 
     def _to_data(self, params: np.ndarray) -> np.ndarray:
         if self.manifest.likelihood == "bernoulli":
@@ -361,13 +389,14 @@ class EdgeVAE:
         return self.manifest.preprocessing.invert(params)
 
 
-def _bernoulli_entropy(xp: np.ndarray) -> np.ndarray:
+def bernoulli_entropy(xp: np.ndarray) -> np.ndarray:
     """-(x log x + (1 - x) log(1 - x)) elementwise; 0 at x = 0 and x = 1. Computed only
-    where 0 < x < 1: most pixels of an image are 0 or 1, and the logs dominate the cost."""
+    where 0 < x < 1: most pixels of an image are 0 or 1, and the logs dominate the cost.
+    log(1 - x), not log1p(-x): NumPy vectorises log for float32, not log1p (9x slower)."""
     h = np.zeros_like(xp)
     inside = (xp > 0) & (xp < 1)
     v = xp[inside]
-    h[inside] = -(v * np.log(v) + (1 - v) * np.log1p(-v))
+    h[inside] = -(v * np.log(v) + (1 - v) * np.log(1 - v))
     return h
 
 

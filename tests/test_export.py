@@ -136,3 +136,22 @@ def test_int8_variant_has_int8_weights_and_scores_like_fp32(
     assert np.corrcoef(fp32.score(x), int8.score(x))[0, 1] > 0.99  # on real digits too
     with pytest.raises(InputError, match="unknown quantization 'int4'"):
         export_run(mnist_run, tmp_path / "int4", quantize="int4")
+
+
+def test_fp16_variant_has_fp16_weights_fp32_io_and_scores_like_fp32(
+    mnist_run, mnist_bundle, mnist_small, tmp_path
+):
+    manifest = export_run(mnist_run, tmp_path / "fp16", quantize="fp16")
+    q = manifest.parity["fp16"]
+    assert q["score_correlation"] >= q["min_correlation"] == 0.999
+    assert q["max_rel_diff_score"] < 1e-2
+    graph = onnx.load(tmp_path / "fp16" / "decoder.onnx").graph
+    float32, float16 = onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16
+    weights = {t.data_type for t in graph.initializer}
+    assert float16 in weights and float32 not in weights
+    assert [v.type.tensor_type.elem_type for v in [*graph.input, *graph.output]] == [float32] * 2
+    fp32, fp16 = EdgeVAE.load(mnist_bundle), EdgeVAE.load(tmp_path / "fp16")
+    with np.load(mnist_small) as f:
+        x = f["x_test"][:200]
+    np.testing.assert_allclose(fp16.score(x), fp32.score(x), rtol=1e-2)  # on real digits too
+    assert fp16.sample(3, seed=0).dtype == np.float32
