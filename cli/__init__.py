@@ -137,7 +137,7 @@ def train(data, run_dir, hidden, quiet, **options):
 @click.option("--quantize", type=click.Choice(["int8"]),
               help="int8 weights (onnxruntime dynamic quantization), checked vs fp32.")  # fmt: skip
 @click.option("--fp16", is_flag=True,
-              help="float16 graphs with float32 inputs and outputs (for GPUs), checked vs fp32.")  # fmt: skip
+              help="float16 graphs, float32 in and out (GPUs); checked vs fp32.")  # fmt: skip
 def export(run_dir, model_dir, force, quantize, fp16):
     """Export RUN_DIR as a checked ONNX bundle (needs the `train` extra)."""
     if quantize and fp16:
