@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo install test model bench bench-anomaly bench-one-class lint clean
+.PHONY: demo install install-gpu test model bench bench-anomaly bench-one-class lint clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -16,6 +16,16 @@ demo: $(BIN)/python
 
 install: $(BIN)/python
 	$(BIN)/pip install -q -e '.[train,dev]'
+
+# The runtime on a CUDA machine: onnxruntime-gpu instead of onnxruntime. Both install the
+# package `onnxruntime`; removing the CPU one deletes files the GPU one shares, so the GPU
+# one is reinstalled after it. (pip then reports onnxruntime as missing: the GPU build
+# provides it.)
+install-gpu: $(BIN)/python
+	$(BIN)/pip install -q -e '.[gpu]'
+	$(BIN)/pip uninstall -q -y onnxruntime
+	$(BIN)/pip install -q --force-reinstall --no-deps onnxruntime-gpu
+	$(BIN)/python -c "import onnxruntime as o; print('onnxruntime', o.__version__, o.get_available_providers())"
 
 test: install
 	$(BIN)/python -m pytest
@@ -31,7 +41,7 @@ model: build/mnist-run/checkpoint.pt
 
 # Latency, throughput, cold start and installed size against PyTorch eager on the same
 # weights (about 5 minutes); writes benchmarks/results/latency.{json,md,png}.
-bench: build/mnist-run/checkpoint.pt
+bench: $(BIN)/python build/mnist-run/checkpoint.pt
 	$(BIN)/pip install -q -e '.[train,dev,bench]'
 	$(BIN)/python benchmarks/latency.py build/mnist-run
 

@@ -7,16 +7,23 @@ bare onnxruntime calls with hand-written NumPy (the floor the wrapper adds to).
    32, 1024 and 4096, one thread for every contender; the contenders take turns in short
    bursts (vae_edge.runtime.bench.time_calls), warm-up excluded.
 2. Throughput (samples/s) at batch 4096, one thread and all cores.
-3. Cold start, whole process, median of 5: `vae-edge score` of one sample from process
-   start to output, against the same job in a process with torch; wall time and peak RSS.
+3. Cold start, whole process, median of 9: `vae-edge score` of one sample from process
+   start to output, installed as users install it (`pip install .` into a fresh venv: no
+   torch, bytecode compiled), against the same job in a process with torch; wall time and
+   peak RSS.
 4. Installed size of the runtime's packages against the same plus torch.
-5. The int8 variant against fp32: speed, bundle size, score correlation, AUROC change.
+5. The export variants (int8, fp16, and static QDQ int8, which export does not use)
+   against fp32: speed, bundle size, score correlation, AUROC change.
+6. Design measurements: run() vs run_with_ort_values() vs IOBinding, graph optimisation
+   levels, the Bernoulli loss in NumPy vs in an ONNX graph.
+7. Each target of the performance issue, met or not, from the figures of this run.
 
 Writes benchmarks/results/latency.{json,md,png} with the machine and versions.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import platform
 import re
@@ -46,7 +53,8 @@ from vae_edge.training.train import load_run
 
 BATCH_SIZES = (1, 32, 1024, 4096)
 SECONDS = 4.0  # timed seconds per contender, job and batch size
-COLD_RUNS = 5
+COLD_RUNS = 9
+REPO = Path(__file__).resolve().parent.parent
 
 
 def torch_jobs(vae, edge: EdgeVAE, x: np.ndarray, n: int) -> dict:
@@ -118,11 +126,20 @@ with torch.inference_mode():
 """
 
 
-def cold_start(run_dir: str, bundle: Path, tmp: Path) -> dict:
+def runtime_environment(tmp: Path) -> Path:
+    """A fresh venv with vae-edge installed as users install it (`pip install .`: the
+    runtime alone, no torch, bytecode compiled at install); returns its `vae-edge`."""
+    venv = tmp / "runtime-venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    pip = [str(venv / "bin" / "python"), "-m", "pip", "install", "-q", str(REPO)]
+    subprocess.run(pip, check=True, capture_output=True)
+    return venv / "bin" / "vae-edge"
+
+
+def cold_start(run_dir: str, bundle: Path, tmp: Path, vae_edge: Path) -> dict:
     """Wall seconds and peak RSS (MiB) of whole processes scoring one sample, median of 5."""
     one = tmp / "one.npy"
     np.save(one, data_like_samples(EdgeVAE.load(bundle), 1, seed=2))
-    vae_edge = Path(sys.executable).with_name("vae-edge")
     commands = {
         "vae_edge": [str(vae_edge), "score", "--model", str(bundle), "--threads", "1", str(one)],
         "torch": [sys.executable, "-c", TORCH_SCORE, run_dir, str(one)],
@@ -163,45 +180,196 @@ def _run_measured(command: list[str]) -> tuple[float, float, str]:
     return float(wall), float(rss), last
 
 
-def int8_variant(run_dir: str, bundle: Path, tmp: Path) -> dict:
-    """`export --quantize int8` against fp32: score throughput at batch 4096 (one thread),
-    score correlation on real MNIST test digits, and AUROC on the ODDS cardio set (seed 0
-    split of the anomaly benchmark, default training) with either bundle."""
+VARIANTS = ("fp32", "int8", "int8_static_qdq", "fp16")
+
+
+def variants(run_dir: str, bundle: Path, tmp: Path) -> dict:
+    """The export variants against fp32: score speed at batch 1 and 4096 (one thread), score
+    correlation on real MNIST test digits, and AUROC on the ODDS cardio set (seed-0 split
+    of the anomaly benchmark, default training). int8 and fp16 are `export --quantize int8`
+    and `--fp16`; int8_static_qdq (static QDQ, calibrated on 512 samples from the model) is
+    the alternative the exporter does not use, measured here to show why."""
     from sklearn.model_selection import train_test_split
 
     from vae_edge.runtime.anomaly import roc_auc
     from vae_edge.training.train import train
 
     data = Path(os.environ.get("VAE_EDGE_DATA", "../shared/data"))
-    export_run(run_dir, tmp / "int8", quantize="int8")
-    fp32, int8 = EdgeVAE.load(bundle, threads=1), EdgeVAE.load(tmp / "int8", threads=1)
-    x = data_like_samples(fp32, 4096)
-    times = time_calls({"fp32": lambda: fp32.score(x), "int8": lambda: int8.score(x)}, SECONDS)
-    rate = {k: summarize(t, 4096)["samples_per_s"] for k, t in times.items()}
-    with np.load(data / "mnist.npz") as f:
-        digits = f["x_test"][:2000]
-    correlation = float(np.corrcoef(fp32.score(digits), int8.score(digits))[0, 1])
     with np.load(data / "odds" / "cardio.npz") as f:
         x_train, x_test, _, y_test = train_test_split(
             f["x"], f["y"], test_size=0.4, stratify=f["y"], random_state=0
         )
     np.save(tmp / "cardio.npy", x_train)
     train(str(tmp / "cardio.npy"), tmp / "cardio-run", progress=False)
-    aurocs = {}
-    for name, quantize in (("fp32", None), ("int8", "int8")):
-        export_run(tmp / "cardio-run", tmp / f"cardio-{name}", quantize=quantize)
-        aurocs[name] = roc_auc(y_test, EdgeVAE.load(tmp / f"cardio-{name}").score(x_test))
-    return {
-        "samples_per_s_batch_4096_1_thread": rate,
-        "int8_over_fp32_speed": rate["int8"] / rate["fp32"],
-        "score_correlation_mnist_test_2000": correlation,
-        "cardio_auroc": aurocs,
-        "cardio_auroc_change": aurocs["int8"] - aurocs["fp32"],
-        "bundle_mib": {
-            name: sum(f.stat().st_size for f in b.iterdir()) / 2**20
-            for name, b in (("fp32", bundle), ("int8", tmp / "int8"))
-        },  # fmt: skip
+    mnist, cardio = (
+        _variant_bundles(run_dir, tmp / "mnist"),
+        _variant_bundles(tmp / "cardio-run", tmp / "cardio"),
+    )
+    models = {v: EdgeVAE.load(mnist[v], threads=1) for v in VARIANTS}
+    with np.load(data / "mnist.npz") as f:
+        digits = f["x_test"][:2000]
+    reference = models["fp32"].score(digits)
+    result = {}
+    for batch in (1, 4096):
+        x = data_like_samples(models["fp32"], batch)
+        jobs = {v: (lambda m=m, x=x: m.score(x)) for v, m in models.items()}
+        times = time_calls(jobs, SECONDS)
+        result[f"samples_per_s_batch_{batch}"] = {
+            v: summarize(t, batch)["samples_per_s"] for v, t in times.items()
+        }
+    result["score_correlation_mnist_test_2000"] = {
+        v: float(np.corrcoef(reference, m.score(digits))[0, 1]) for v, m in models.items()
     }
+    result["cardio_auroc"] = {
+        v: roc_auc(y_test, EdgeVAE.load(cardio[v]).score(x_test)) for v in VARIANTS
+    }
+    result["bundle_mib"] = {
+        v: sum(f.stat().st_size for f in b.iterdir()) / 2**20 for v, b in mnist.items()
+    }
+    return result
+
+
+def _variant_bundles(run_dir, out: Path) -> dict[str, Path]:
+    bundles = {}
+    for v in VARIANTS:
+        bundles[v] = out / v
+        export_run(run_dir, bundles[v], quantize=None if v in ("fp32", "int8_static_qdq") else v)
+    _static_qdq(bundles["int8_static_qdq"])
+    return bundles
+
+
+def _static_qdq(bundle: Path) -> None:
+    """Rewrite an fp32 bundle's graphs with onnxruntime's static QDQ quantization (uint8
+    activations, int8 per-channel weights), calibrated on 512 samples from the model."""
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
+
+    from vae_edge.runtime.manifest import MANIFEST_FILE, Manifest
+
+    class Batches(CalibrationDataReader):
+        def __init__(self, name, array):
+            self.batches = iter([{name: array[i : i + 64]} for i in range(0, len(array), 64)])
+
+        def get_next(self):
+            return next(self.batches, None)
+
+    model = EdgeVAE.load(bundle)
+    xp = model.preprocess(data_like_samples(model, 512, seed=0))
+    mu, _ = model._encode(xp)
+    manifest = model.manifest.to_dict()
+    for graph, name, calibration in (("encoder", "x", xp), ("decoder", "z", mu)):
+        file = bundle / f"{graph}.onnx"
+        quantized = bundle / f"{graph}.qdq.onnx"
+        quantize_static(file, quantized, Batches(name, calibration), quant_format=QuantFormat.QDQ,
+                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                        per_channel=True)  # fmt: skip
+        os.replace(quantized, file)
+        manifest[graph]["sha256"] = hashlib.sha256(file.read_bytes()).hexdigest()
+    (bundle / MANIFEST_FILE).write_text(Manifest.from_dict(manifest).to_json())
+
+
+def design_choices(bundle: Path) -> dict:
+    """The measurements behind the runtime's choices, p50 microseconds, one thread:
+    - how a graph is called: run() (used), run_with_ort_values(), IOBinding bound per call;
+    - graph optimisation level: session creation (both graphs) and encoder + decoder calls;
+    - the Bernoulli loss in NumPy (used) or in an ONNX graph (Softplus, Mul, ReduceSum)."""
+    model = EdgeVAE.load(bundle, threads=1)
+    result = {"call": {}, "optimization_level": {}, "loss": {}}
+    for n in (1, 1024):
+        x = data_like_samples(model, n)
+        result["call"][f"encoder_batch_{n}"] = _call_ways(model._encoder, model.preprocess(x))
+        result["optimization_level"][f"batch_{n}"] = _optimization_levels(bundle, x, model)
+        result["loss"][f"batch_{n}"] = _loss_ways(model, x)
+    return result
+
+
+def _call_ways(encoder, xp: np.ndarray) -> dict:
+    def with_ort_values():
+        out = encoder.run_with_ort_values(None, {"x": ort.OrtValue.ortvalue_from_numpy(xp)})
+        return [v.numpy() for v in out]
+
+    def with_binding():
+        binding = encoder.io_binding()
+        binding.bind_cpu_input("x", xp)
+        for name in ("mu", "logvar"):
+            binding.bind_output(name, "cpu")
+        encoder.run_with_iobinding(binding)
+        return binding.copy_outputs_to_cpu()
+
+    jobs = {"run": lambda: encoder.run(None, {"x": xp}),
+            "run_with_ort_values": with_ort_values, "iobinding": with_binding}  # fmt: skip
+    return {k: float(np.median(t)) for k, t in time_calls(jobs, SECONDS / 2).items()}
+
+
+def _optimization_levels(bundle: Path, x: np.ndarray, model: EdgeVAE) -> dict:
+    xp = model.preprocess(x)
+    sessions, created = {}, {}
+    for level in ("DISABLE_ALL", "ENABLE_BASIC", "ENABLE_EXTENDED", "ENABLE_ALL"):
+        options = ort.SessionOptions()
+        options.graph_optimization_level = getattr(ort.GraphOptimizationLevel, f"ORT_{level}")
+        options.intra_op_num_threads = 1
+        t0 = time.perf_counter()
+        sessions[level] = [
+            _cpu_session(str(bundle / f), options) for f in ("encoder.onnx", "decoder.onnx")
+        ]
+        created[level] = (time.perf_counter() - t0) * 1e6
+
+    def both(encoder, decoder):
+        return lambda: decoder.run(None, {"z": encoder.run(None, {"x": xp})[0]})
+
+    times = time_calls({level: both(*s) for level, s in sessions.items()}, SECONDS / 2)
+    return {
+        level: {"create_us": created[level], "encoder_decoder_us": float(np.median(t))}
+        for level, t in times.items()
+    }
+
+
+def _loss_ways(model: EdgeVAE, x: np.ndarray) -> dict:
+    n, xp = len(x), model.preprocess(x)
+    params = model._decode(model._encode(xp)[0])
+    loss = _loss_graph()
+    flat = {"l": params.reshape(n, -1), "x": xp.reshape(n, -1)}
+    floor = model._bernoulli_entropy(x, xp).reshape(n, -1)
+
+    def numpy_loss():
+        return model._elementwise_nll(x, xp, params).reshape(n, -1).sum(axis=1)
+
+    def graph_loss():
+        return loss.run(None, flat)[0] - floor.sum(axis=1)
+
+    assert np.allclose(numpy_loss(), graph_loss(), rtol=1e-4, atol=1e-3)
+    times = time_calls({"numpy": numpy_loss, "onnx_graph": graph_loss}, SECONDS / 2)
+    return {k: float(np.median(t)) for k, t in times.items()}
+
+
+def _cpu_session(model, options: ort.SessionOptions) -> ort.InferenceSession:
+    return ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
+
+
+def _loss_graph() -> ort.InferenceSession:
+    """sum over features of softplus(l) - x * l, per row, as an ONNX graph."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    nodes = [
+        helper.make_node("Softplus", ["l"], ["softplus"]),
+        helper.make_node("Mul", ["x", "l"], ["xl"]),
+        helper.make_node("Sub", ["softplus", "xl"], ["bce"]),
+        helper.make_node("ReduceSum", ["bce", "axes"], ["loss"], keepdims=0),
+    ]
+    inputs = [helper.make_tensor_value_info(n, TensorProto.FLOAT, ["N", "D"]) for n in "lx"]
+    output = helper.make_tensor_value_info("loss", TensorProto.FLOAT, ["N"])
+    axes = helper.make_tensor("axes", TensorProto.INT64, [1], [1])
+    graph = helper.make_graph(nodes, "loss", inputs, [output], [axes])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    onnx.checker.check_model(model)
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    return _cpu_session(model.SerializeToString(), options)
 
 
 def installed_size() -> dict:
@@ -270,8 +438,9 @@ def main(run_dir: str = "build/mnist-run") -> None:
         edge = EdgeVAE.load(bundle, threads=1)
         rows = latency(vae, edge)
         rates = throughput(vae, bundle)
-        cold = cold_start(run_dir, bundle, Path(tmp))
-        quantized = int8_variant(run_dir, bundle, Path(tmp))
+        cold = cold_start(run_dir, bundle, Path(tmp), runtime_environment(Path(tmp)))
+        variant = variants(run_dir, bundle, Path(tmp))
+        design = design_choices(bundle)
     size = installed_size()
     result = {
         "what": f"vae-edge vs torch eager vs bare onnxruntime on {run_dir}",
@@ -290,7 +459,8 @@ def main(run_dir: str = "build/mnist-run") -> None:
         "latency": rows,
         "throughput_samples_per_s": rates,
         "cold_start": cold,
-        "int8": quantized,
+        "variants": variant,
+        "design_choices": design,
         "installed_size": size,
         "seconds": round(time.perf_counter() - started),
     }
@@ -314,7 +484,8 @@ def main(run_dir: str = "build/mnist-run") -> None:
     c, ratio = cold, cold["torch"]["wall_s"] / cold["vae_edge"]["wall_s"]
     lines += [
         "",
-        "| cold start, one sample, whole process (median of 5) | wall (s) | peak RSS (MiB) |",
+        f"| cold start, one sample, whole process (median of {COLD_RUNS}) | wall (s) "
+        "| peak RSS (MiB) |",
         "| --- | ---: | ---: |",
         *(
             f"| {label} | {c[k]['wall_s']:.3f} | {c[k]['peak_rss_mib']:.1f} |"
@@ -327,21 +498,75 @@ def main(run_dir: str = "build/mnist-run") -> None:
         f"{size['with_torch_mib']:.0f} MiB "
         f"({size['runtime_mib'] / size['with_torch_mib']:.2f} of it).",
     ]
-    q = quantized
+    q = variant
+    speed = {b: q[f"samples_per_s_batch_{b}"] for b in (1, 4096)}
     lines += [
         "",
-        "| int8 variant (`export --quantize int8`) | fp32 | int8 |",
-        "| --- | ---: | ---: |",
-        f"| score at batch 4096, 1 thread (samples/s) "
-        f"| {q['samples_per_s_batch_4096_1_thread']['fp32']:,.0f} "
-        f"| {q['samples_per_s_batch_4096_1_thread']['int8']:,.0f} |",
-        f"| bundle size (MiB) | {q['bundle_mib']['fp32']:.1f} | {q['bundle_mib']['int8']:.1f} |",
-        f"| AUROC on cardio (seed-0 split) | {q['cardio_auroc']['fp32']:.4f} "
-        f"| {q['cardio_auroc']['int8']:.4f} |",
+        "| variant | score samples/s, batch 1 | batch 4096 | vs fp32 at 4096 | score correlation "
+        "(2,000 MNIST test digits) | AUROC cardio | AUROC change | bundle MiB |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        *(
+            f"| {v} | {speed[1][v]:,.0f} | {speed[4096][v]:,.0f} "
+            f"| {speed[4096][v] / speed[4096]['fp32']:.2f}x "
+            f"| {q['score_correlation_mnist_test_2000'][v]:.5f} | {q['cardio_auroc'][v]:.4f} "
+            f"| {q['cardio_auroc'][v] - q['cardio_auroc']['fp32']:+.4f} "
+            f"| {q['bundle_mib'][v]:.1f} |"
+            for v in VARIANTS
+        ),
+    ]
+    d = design
+    lines += [
         "",
-        f"int8 / fp32 speed {q['int8_over_fp32_speed']:.2f}x; score correlation on 2,000 MNIST "
-        f"test digits {q['score_correlation_mnist_test_2000']:.5f}; AUROC change on cardio "
-        f"{q['cardio_auroc_change']:+.4f}.",
+        "Design measurements (p50 us, one thread):",
+        "",
+        "| encoder call | " + " | ".join(d["call"]["encoder_batch_1"]) + " |",
+        "| --- | ---: | ---: | ---: |",
+        *(f"| {k} | " + " | ".join(f"{t:.1f}" for t in v.values()) + " |"
+          for k, v in d["call"].items()),
+        "",
+        "| graph optimisation level | " + " | ".join(d["optimization_level"]["batch_1"]) + " |",
+        "| --- | ---: | ---: | ---: | ---: |",
+        "| create both sessions | " + " | ".join(
+            f"{v['create_us']:.0f}" for v in d["optimization_level"]["batch_1"].values()) + " |",
+        *(f"| encoder + decoder, {k.replace('_', ' ')} | " + " | ".join(
+            f"{t['encoder_decoder_us']:.1f}" for t in v.values()) + " |"
+          for k, v in d["optimization_level"].items()),
+        "",
+        "| Bernoulli loss | NumPy | ONNX graph |",
+        "| --- | ---: | ---: |",
+        *(f"| {k.replace('_', ' ')} | {v['numpy']:.1f} | {v['onnx_graph']:.1f} |"
+          for k, v in d["loss"].items()),
+    ]  # fmt: skip
+    score_1 = next(r for r in rows if r["job"] == "score" and r["batch"] == 1)
+    targets = [
+        ("score at batch 1: >= 3x faster than torch eager", score_1["torch_over_vae_edge"] >= 3,
+         f"{score_1['torch_over_vae_edge']:.2f}x"),
+        ("score at batch 1: within 1.15x of bare onnxruntime",
+         score_1["vae_edge_over_bare"] <= 1.15,
+         f"{score_1['vae_edge_over_bare']:.2f}x"),
+        *((f"throughput at batch 4096, {t} thread(s): >= 2x torch eager",
+           r["vae_edge"] / r["torch_eager"] >= 2, f"{r['vae_edge'] / r['torch_eager']:.2f}x")
+          for t, r in rates.items()),
+        ("int8 faster than fp32 at batch 4096, AUROC change <= 0.005",
+         speed[4096]["int8"] > speed[4096]["fp32"]
+         and abs(q["cardio_auroc"]["int8"] - q["cardio_auroc"]["fp32"]) <= 0.005,
+         f"{speed[4096]['int8'] / speed[4096]['fp32']:.2f}x, "
+         f"{q['cardio_auroc']['int8'] - q['cardio_auroc']['fp32']:+.4f}"),
+        ("cold start <= 0.25 s median wall", c["vae_edge"]["wall_s"] <= 0.25,
+         f"{c['vae_edge']['wall_s']:.3f} s"),
+        ("cold start <= 90 MiB peak RSS", c["vae_edge"]["peak_rss_mib"] <= 90,
+         f"{c['vae_edge']['peak_rss_mib']:.1f} MiB"),
+        ("cold start <= 1/5 of torch's wall time", ratio >= 5, f"1/{ratio:.1f}"),
+        ("runtime environment <= 1/5 of one with torch",
+         size["runtime_mib"] <= size["with_torch_mib"] / 5,
+         f"{size['runtime_mib']:.0f} of {size['with_torch_mib']:.0f} MiB"),
+    ]  # fmt: skip
+    result["targets"] = [{"target": t, "met": met, "measured": m} for t, met, m in targets]
+    lines += [
+        "",
+        "| target (this run) | measured | |",
+        "| --- | --- | --- |",
+        *(f"| {t} | {m} | {'met' if met else 'not met'} |" for t, met, m in targets),
     ]
     header = f"{result['what']}; {result['machine']}; {result['versions']}; {result['threads']}"
     write_results("latency", result, header, "\n".join(lines))

@@ -374,6 +374,9 @@ def bench(model_dir, batch_sizes, threads, seconds, json_path, device):
     import platform
     from importlib import metadata
 
+    import numpy
+    import onnxruntime
+
     from vae_edge.runtime import bench as bench_module
     from vae_edge.runtime.data import atomic_output, check_writable
 
@@ -399,10 +402,15 @@ def bench(model_dir, batch_sizes, threads, seconds, json_path, device):
         "providers": model._encoder.get_providers(),
         "threads": threads or "onnxruntime default",
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.platform()}",
-        "versions": {p: metadata.version(p) for p in ("vae-edge", "onnxruntime", "numpy")},
+        # onnxruntime's own version: a GPU install has the onnxruntime-gpu distribution
+        "versions": {"vae-edge": metadata.version("vae-edge"),
+                     "onnxruntime": onnxruntime.__version__, "numpy": numpy.__version__},
         "rows": rows,
-    }
+    }  # fmt: skip
+    if device == "cuda":
+        result["gpu"] = bench_module.gpu_name()
     click.echo(f"{result['model']}; threads {result['threads']}; {result['machine']}; "
+               + (f"GPU {result['gpu']}; " if device == "cuda" else "")
                + ", ".join(f"{k} {v}" for k, v in result["versions"].items()))  # fmt: skip
     click.echo(bench_module.table(rows))
     if json_path is not None:

@@ -113,6 +113,18 @@ def run(model: EdgeVAE, batch_sizes=(1, 32, 1024, 4096), seconds: float = 3.0, p
     return rows
 
 
+def gpu_name() -> str:
+    """The GPU's name and driver as nvidia-smi reports them, or why it cannot be told."""
+    import subprocess
+
+    query = ["nvidia-smi", "--query-gpu=name,driver_version,memory.total", "--format=csv,noheader"]
+    try:
+        out = subprocess.run(query, capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        return f"unknown (nvidia-smi: {e})"
+    return out.stdout.strip() or f"unknown (nvidia-smi: {out.stderr.strip()})"
+
+
 def table(rows: list[dict]) -> str:
     """Markdown table of run()'s rows."""
     lines = [
