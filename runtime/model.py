@@ -59,9 +59,11 @@ class EdgeVAE:
         self._decoder_outputs = manifest.decoder.outputs[:1]
         self._obs_logvar = None
         self._entropy_table = None  # of uint8 input's 256 values, see _bernoulli_entropy
+        self._uint8_in_range = False  # uint8 input always preprocesses into [0, 1]
         if manifest.likelihood == "bernoulli" and manifest.preprocessing.kind == "scale":
             levels = manifest.preprocessing.apply(np.arange(256, dtype=np.uint8))
             self._entropy_table = bernoulli_entropy(levels)
+            self._uint8_in_range = bool(levels.min() >= 0 and levels.max() <= 1)
         if manifest.observation_logvar is not None:
             shape = manifest.input_shape
             self._obs_logvar = np.asarray(manifest.observation_logvar, np.float32).reshape(shape)
@@ -297,7 +299,13 @@ class EdgeVAE:
                 stacklevel=4,
             )
         xp = m.preprocessing.apply(x)
-        if m.likelihood == "bernoulli" and xp.size and (xp.min() < 0 or xp.max() > 1):
+        in_range = x.dtype == np.uint8 and self._uint8_in_range  # no need to look
+        if (
+            m.likelihood == "bernoulli"
+            and xp.size
+            and not in_range
+            and (xp.min() < 0 or xp.max() > 1)
+        ):
             high = float(m.preprocessing.invert(np.ones(1, np.float32))[0])
             raise InputError(
                 f"input values must lie in [0, {high:g}] for this model "
@@ -329,28 +337,29 @@ class EdgeVAE:
 
     def _score(self, x, xp, samples: int, rng, score_type: str, per_feature: bool):
         """Scores of raw samples x, preprocessed to xp, (n, *input_shape)."""
-        shape = self.manifest.input_shape
-        if samples == 0 and self._bind:
-            mu, logvar, params = self._encode_decode_mean(xp)
-            z = mu[:, None]
-        else:
-            mu, logvar = self._encode(xp)
-            z = mu[:, None] if samples == 0 else draw_latents(mu, logvar, samples, rng)
-            params = self._decode(z.reshape(-1, mu.shape[1]))
-        n = len(mu)
-        params = params.reshape(n, z.shape[1], *shape)  # z: (n, L, k)
+        if samples == 0:  # z = mu: the default, and the whole cost of a batch-1 call
+            if self._bind:
+                mu, logvar, params = self._encode_decode_mean(xp)
+            else:
+                mu, logvar = self._encode(xp)
+                params = self._decode(mu)
+            elementwise = self._elementwise_nll(x, xp, params)  # (n, *input_shape)
+            if per_feature:
+                return elementwise
+            recon = elementwise.reshape(len(x), -1).sum(axis=1, dtype=np.float32)
+            return recon if score_type == "recon" else (recon + _kl(mu, logvar)).astype(np.float32)
+        mu, logvar = self._encode(xp)
+        n, k = mu.shape
+        z = draw_latents(mu, logvar, samples, rng)  # (n, L, k)
+        params = self._decode(z.reshape(-1, k)).reshape(n, samples, *self.manifest.input_shape)
         elementwise = self._elementwise_nll(x[:, None], xp[:, None], params)  # (n, L, *shape)
         if per_feature:
             return elementwise.mean(axis=1)
-        recon = elementwise.reshape(n, z.shape[1], -1).sum(axis=2, dtype=np.float32)  # (n, L)
-        if score_type != "iwae":
-            # mean over L draws; with one z, np.mean's Python overhead is most of a batch-1 call
-            recon = recon[:, 0] if z.shape[1] == 1 else recon.mean(axis=1)
+        recon = elementwise.reshape(n, samples, -1).sum(axis=2, dtype=np.float32)  # (n, L)
         if score_type == "recon":
-            return recon
+            return recon.mean(axis=1)
         if score_type == "elbo":
-            kl = -0.5 * np.sum(1 + logvar - np.square(mu) - np.exp(logvar), axis=1)
-            return (recon + kl).astype(np.float32)
+            return (recon.mean(axis=1) + _kl(mu, logvar)).astype(np.float32)
         # iwae: log w = log p(x|z) + log p(z) - log q(z|x); the log(2 pi) terms cancel.
         eps = (z - mu[:, None]) * np.exp(-0.5 * logvar)[:, None]
         log_w = -recon - 0.5 * np.sum(np.square(z) - np.square(eps) - logvar[:, None], axis=2)
@@ -424,6 +433,11 @@ def bernoulli_entropy(xp: np.ndarray) -> np.ndarray:
     v = xp[inside]
     h[inside] = -(v * np.log(v) + (1 - v) * np.log(1 - v))
     return h
+
+
+def _kl(mu: np.ndarray, logvar: np.ndarray) -> np.ndarray:
+    """KL(N(mu, exp(logvar)) || N(0, I)) per row, closed form."""
+    return -0.5 * np.sum(1 + logvar - np.square(mu) - np.exp(logvar), axis=1)
 
 
 def draw_latents(mu: np.ndarray, logvar: np.ndarray, samples: int, rng) -> np.ndarray:

@@ -329,10 +329,9 @@ def test_cuda_runs_on_the_gpu_and_matches_the_cpu(default_model):
 def test_cuda_cli_score_runs(tmp_path):
     x = EdgeVAE.load().sample(4, seed=0)
     np.save(tmp_path / "x.npy", x)
+    command = ["score", "--device", "cuda", str(tmp_path / "x.npy")]
     out = subprocess.run(
-        [sys.executable, "-m", "vae_edge.cli", "score", "--device", "cuda", str(tmp_path / "x.npy")],
-        capture_output=True,
-        text=True,
+        [sys.executable, "-m", "vae_edge.cli", *command], capture_output=True, text=True
     )
     assert out.returncode == 0, out.stderr
     assert len(out.stdout.strip().splitlines()) == 5
