@@ -9,7 +9,6 @@ import itertools
 import math
 import os
 import warnings
-import zipfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -154,6 +153,8 @@ def _npy(path: Path) -> np.ndarray:
 
 
 def _npz(path: Path) -> dict[str, np.ndarray]:
+    import zipfile  # here, not at the top: only .npz needs it, and it is 2% of a start
+
     try:
         with np.load(path, allow_pickle=False) as f:
             if not isinstance(f, np.lib.npyio.NpzFile):
