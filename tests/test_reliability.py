@@ -231,6 +231,8 @@ def test_bad_bundles_are_refused_by_cli_and_library(mnist_bundle, tmp_path, name
         (["score", "{d}/good.npy", "-o", "{ro}/s.csv"], "{ro}/s.csv: cannot write in {ro}"),
         (["sample", "-n", "2", "-o", "{ro}/s.png"], "{ro}/s.png: cannot write in {ro}"),
         (["sample", "-n", "2", "-o", "{d}/s.gif"], "output must end in .png or .npy"),
+        (["export", "{d}", "--out", "{d}/b", "--quantize", "int8", "--fp16"],
+         "--quantize and --fp16 exclude each other; choose one"),
     ],
 )  # fmt: skip
 def test_bad_options_and_output_paths(bad_dir, tmp_path, args, expected):
