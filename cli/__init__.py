@@ -148,7 +148,8 @@ def export(run_dir, model_dir, force, quantize, fp16):
     p = manifest.parity
     click.echo(f"wrote {model_dir} (encoder.onnx, decoder.onnx, vae.json)")
     click.echo(
-        "parity vs PyTorch at batch sizes "
+        ("fp32 graphs' parity" if quantize else "parity")
+        + " vs PyTorch at batch sizes "
         + ", ".join(map(str, p["batch_sizes"]))
         + ": max |diff| "
         + ", ".join(
