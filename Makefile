@@ -40,7 +40,7 @@ model: build/mnist-run/checkpoint.pt
 	$(BIN)/vae-edge export build/mnist-run --out runtime/default_model --force
 
 # Latency, throughput, cold start and installed size against PyTorch eager on the same
-# weights (about 5 minutes); writes benchmarks/results/latency.{json,md,png}.
+# weights (about 6 minutes after installs); writes benchmarks/results/latency.{json,md,png}.
 bench: $(BIN)/python build/mnist-run/checkpoint.pt
 	$(BIN)/pip install -q -e '.[train,dev,bench]'
 	$(BIN)/python benchmarks/latency.py build/mnist-run

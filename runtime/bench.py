@@ -13,7 +13,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from vae_edge.runtime.model import EdgeVAE, bernoulli_entropy
+from vae_edge.runtime.model import EdgeVAE
 
 PERCENTILES = (50, 95, 99)
 
@@ -61,7 +61,6 @@ def score_jobs(model: EdgeVAE, x: np.ndarray) -> dict[str, Callable[[], object]]
     axes = tuple(range(1, x.ndim))
     bernoulli = m.likelihood == "bernoulli"
     precision = 1.0 if m.observation_logvar is None else model._obs_precision
-    table = bernoulli_entropy(m.preprocessing.apply(np.arange(256, dtype=np.uint8)))
 
     def bare():
         xp = m.preprocessing.apply(x)
@@ -69,7 +68,7 @@ def score_jobs(model: EdgeVAE, x: np.ndarray) -> dict[str, Callable[[], object]]
         params = decoder.run(None, {z_name: mu})[0]
         if bernoulli:
             nll = np.log(1 + np.exp(-np.abs(params))) + np.maximum(params, 0) - xp * params
-            nll -= table[x] if x.dtype == np.uint8 else bernoulli_entropy(xp)
+            nll -= model._bernoulli_entropy(x, xp)  # the floor, by the same table lookup
         else:
             nll = 0.5 * np.square(xp - params) * precision
         kl = -0.5 * np.sum(1 + logvar - np.square(mu) - np.exp(logvar), axis=1)

@@ -244,8 +244,8 @@ class EdgeVAE:
             )
         if score_type == "iwae" and samples < 1:
             raise InputError("score_type iwae needs samples >= 1 (the k of L_k)")
-        _check_seed(seed)
-        return _rng(seed) if samples else None
+        seed = _check_seed(seed)
+        return np.random.default_rng(seed) if samples else None
 
     def _score_rows(self, x, offset: int, samples: int, rng, score_type: str, per_feature: bool):
         """Scores of samples x, (N, *input_shape), in batches; `offset` is x[0]'s index in
