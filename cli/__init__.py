@@ -16,7 +16,6 @@ import click
 
 from vae_edge.runtime.errors import VAEEdgeError
 
-SCORE_FORMATS = (".csv", ".npy", ".jsonl")
 SAMPLE_FORMATS = (".png", ".npy")
 
 model_option = click.option(
@@ -240,13 +239,11 @@ def score(model_dir, input_path, score_type, samples, seed, batch_size, threshol
 
     Scoring settings left out are the ones stored with the model's threshold, if it has
     one, so is_anomaly means what calibrate meant. .npy and .csv inputs are streamed in
-    chunks, so memory does not grow with the file."""
-    import itertools
-
-    import numpy as np
-
+    chunks and the output is written batch by batch, so memory does not grow with the
+    file."""
     from vae_edge.runtime.data import check_writable, stream_input
     from vae_edge.runtime.errors import InputError
+    from vae_edge.runtime.output import SCORE_FORMATS, write_scores
 
     suffix = _suffix(output, SCORE_FORMATS) if output else ".csv"
     if per_feature and suffix == ".npy":
@@ -254,45 +251,29 @@ def score(model_dir, input_path, score_type, samples, seed, batch_size, threshol
     if output is not None:
         check_writable(output)
     model = _load(model_dir, device, threads, not no_verify)
-    model.batch_size = batch_size
-    t = model.manifest.threshold
-    options = model.scoring(score_type, samples, seed)
-    if t is not None and threshold is None and options != model.scoring():
-        click.echo("note: scoring differs from the threshold's settings; is_anomaly may mislead",
-                   err=True)  # fmt: skip
+    settings = model.settings(score_type, samples, seed, threshold, batch_size)
     try:
         total, chunks = stream_input(input_path, rows=max(batch_size, 4096))
-        parts, features = [], []
-        show = total is not None and sys.stderr.isatty()  # CSV: length unknown, no bar
-        if per_feature:  # a second pass over the same chunks, in step, so tee holds one
-            chunks, again = itertools.tee(chunks)
-            feature_parts = model.score_chunks(
-                again, options["samples"], options["seed"], "recon", per_feature=True
-            )
-        # one score_chunks call for the whole input: the noise runs on across chunks
-        with click.progressbar(
-            length=total or 1, label="scoring", file=sys.stderr, hidden=not show
-        ) as bar:
-            for part in model.score_chunks(chunks, **options):
-                parts.append(part)
-                if per_feature:
-                    features.append(next(feature_parts))
-                bar.update(len(part))
+        batches = model.score_batches(chunks, settings, per_feature)
+        with _progress(total, "scoring") as bar:
+            write_scores(_counted(batches, bar), output, sys.stdout)
     except InputError as e:
         message = str(e)
         if not message.startswith(str(input_path)):
             raise InputError(f"{input_path}: {message}") from None
         raise
-    scores = np.concatenate(parts)
-    if len(scores) == 0:
-        raise InputError(f"{input_path}: holds no samples")
-    limit = threshold if threshold is not None else (t.value if t else None)
-    flags = None if limit is None else scores > limit
-    per_row = np.concatenate(features).reshape(len(scores), -1) if per_feature else None
-    if output is None:
-        click.echo(_csv(scores, flags, per_row), nl=False)
-    else:
-        _write_scores(output, suffix, scores, flags, per_row)
+
+
+def _counted(batches, bar):
+    for batch in batches:
+        yield batch
+        bar.update(len(batch.scores))
+
+
+def _progress(total: int | None, label: str):
+    """A progress bar on stderr when it is a terminal and the length is known."""
+    return click.progressbar(length=total or 1, label=label, file=sys.stderr,
+                             hidden=total is None or not sys.stderr.isatty())  # fmt: skip
 
 
 @cli.command()
@@ -400,7 +381,7 @@ def bench(model_dir, batch_sizes, threads, seconds, json_path, device):
     result = {
         "model": model.source,
         "device": device,
-        "providers": model._encoder.get_providers(),
+        "providers": model.bundle.providers,
         "threads": threads or "onnxruntime default",
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.platform()}",
         # onnxruntime's own version: a GPU install has the onnxruntime-gpu distribution
@@ -520,40 +501,6 @@ def _write_images(output: Path, array, picture) -> None:
         else:
             with open(tmp, "wb") as f:
                 np.save(f, array)
-
-
-def _csv(scores, flags, per_row=None) -> str:
-    header = "index,score" + (",is_anomaly" if flags is not None else "")
-    if per_row is not None:
-        header += "".join(f",feature_{j}" for j in range(per_row.shape[1]))
-    rows = []
-    for i, s in enumerate(scores):
-        row = f"{i},{float(s):.9g}" + (f",{int(flags[i])}" if flags is not None else "")
-        if per_row is not None:
-            row += "".join(f",{float(v):.6g}" for v in per_row[i])
-        rows.append(row)
-    return "\n".join([header, *rows]) + "\n"
-
-
-def _write_scores(output: Path, suffix: str, scores, flags, per_row=None) -> None:
-    import numpy as np
-
-    from vae_edge.runtime.data import atomic_output
-
-    with atomic_output(output) as tmp:
-        if suffix == ".npy":
-            with open(tmp, "wb") as f:
-                np.save(f, scores)
-        elif suffix == ".jsonl":
-            rows = (
-                {"index": i, "score": float(s)}
-                | ({} if flags is None else {"is_anomaly": bool(flags[i])})
-                | ({} if per_row is None else {"features": per_row[i].tolist()})
-                for i, s in enumerate(scores)
-            )
-            tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
-        else:
-            tmp.write_text(_csv(scores, flags, per_row))
 
 
 def main() -> None:

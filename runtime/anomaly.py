@@ -16,7 +16,8 @@ import numpy as np
 from vae_edge.runtime.data import atomic_output
 from vae_edge.runtime.errors import InputError
 from vae_edge.runtime.manifest import MANIFEST_FILE, Threshold, read_manifest
-from vae_edge.runtime.model import DEFAULT_SCORE_TYPE, EdgeVAE
+from vae_edge.runtime.model import EdgeVAE
+from vae_edge.runtime.scoring import DEFAULT_SCORE_TYPE
 
 
 def calibrate(
@@ -74,7 +75,7 @@ def evaluate(model: EdgeVAE, x, y, threshold: float | None = None, **score_optio
         raise InputError(f"labels have shape {y.shape}; one label per sample is needed")
     if not np.isin(y, (0, 1)).all():
         raise InputError("labels must be 0 (normal) or 1 (anomaly)")
-    scores = model.score(x, **model.scoring(**score_options))
+    scores = model.score(x, **score_options)
     y = y.astype(bool)
     result = {
         "n": int(len(y)),

@@ -14,6 +14,7 @@ from collections.abc import Callable
 import numpy as np
 
 from vae_edge.runtime.model import EdgeVAE
+from vae_edge.runtime.scoring import scores_at_mean
 
 PERCENTILES = (50, 95, 99)
 
@@ -53,44 +54,26 @@ def summarize(times_us: np.ndarray, batch: int) -> dict:
 
 def score_jobs(model: EdgeVAE, x: np.ndarray) -> dict[str, Callable[[], object]]:
     """The default score (-ELBO at z = mu, measured from the floor) through EdgeVAE and by
-    hand: the same work from the same raw input, preprocessing and floor included, without
-    the checks, batching and dispatch."""
-    m = model.manifest
-    encoder, decoder = model._encoder, model._decoder
-    x_name, z_name = model._x_name, model._z_name
-    axes = tuple(range(1, x.ndim))
-    bernoulli = m.likelihood == "bernoulli"
-    precision = 1.0 if m.observation_logvar is None else model._obs_precision
+    hand: the same work from the same raw input (the likelihood's preprocessing, loss and
+    floor included) without the checks, batching and dispatch."""
+    bundle, likelihood = model.bundle, model.likelihood
 
     def bare():
-        xp = m.preprocessing.apply(x)
-        mu, logvar = encoder.run(None, {x_name: xp})
-        params = decoder.run(None, {z_name: mu})[0]
-        if bernoulli:
-            nll = np.log(1 + np.exp(-np.abs(params))) + np.maximum(params, 0) - xp * params
-            nll -= model._bernoulli_entropy(x, xp)  # the floor, by the same table lookup
-        else:
-            nll = 0.5 * np.square(xp - params) * precision
-        kl = -0.5 * np.sum(1 + logvar - np.square(mu) - np.exp(logvar), axis=1)
-        return nll.sum(axis=axes) + kl
+        batch = likelihood.prepare(x)
+        mu, logvar = bundle.run_encoder(batch.xp)
+        losses = likelihood.nll(batch, bundle.run_decoder(mu))
+        return scores_at_mean(losses, mu, logvar, "elbo")
 
-    return {"vae_edge": lambda: model.score(x), "bare_ort": bare}
+    return {"vae_edge": lambda: model.score(x, 0, 0, "elbo"), "bare_ort": bare}
 
 
 def sample_jobs(model: EdgeVAE, n: int) -> dict[str, Callable[[], object]]:
     """n new samples in the data's units through EdgeVAE and by hand."""
-    m = model.manifest
-    decoder, z_name = model._decoder, model._z_name
-    invert = m.preprocessing.invert
-    bernoulli = m.likelihood == "bernoulli"
+    bundle, likelihood, k = model.bundle, model.likelihood, model.manifest.latent_dim
 
     def bare():
-        z = np.random.default_rng(0).standard_normal((n, m.latent_dim), dtype=np.float32)
-        params = decoder.run(None, {z_name: z})[0]
-        if bernoulli:
-            with np.errstate(over="ignore"):
-                params = 1 / (1 + np.exp(-params))
-        return invert(params)
+        z = np.random.default_rng(0).standard_normal((n, k), dtype=np.float32)
+        return likelihood.mean(bundle.run_decoder(z))
 
     return {"vae_edge": lambda: model.sample(n, seed=0), "bare_ort": bare}
 

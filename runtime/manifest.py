@@ -17,11 +17,11 @@ from typing import Any
 import numpy as np
 
 from vae_edge.runtime.errors import BundleError
+from vae_edge.runtime.scoring import SCORE_TYPES
 
 FORMAT_VERSION = 1
 MANIFEST_FILE = "vae.json"
 LIKELIHOODS = {"bernoulli": "logits", "gaussian": "mean"}  # likelihood -> decoder output
-SCORE_TYPES = ("recon", "elbo", "iwae")
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,121 @@
+"""Scores written as they come, batch by batch: CSV, JSONL or .npy, to a file (atomically:
+a temporary file beside it, renamed at the end) or CSV to a text stream.
+
+CSV columns: index, score, is_anomaly (0/1, when there is a threshold), feature_0 ...
+(per-feature losses, when asked). JSONL: one object per row with the same fields,
+"features" a list. .npy: the scores alone, float32 (N,).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from pathlib import Path
+from typing import IO
+
+import numpy as np
+
+from vae_edge.runtime.data import atomic_output
+from vae_edge.runtime.errors import InputError
+from vae_edge.runtime.scoring import ScoredBatch
+
+SCORE_FORMATS = (".csv", ".npy", ".jsonl")
+NPY_HEADER_BYTES = 128  # room for any (N,) float32 header; rewritten once N is known
+
+
+def write_scores(batches: Iterable[ScoredBatch], output: str | Path | None, stream: IO = None):
+    """Write every batch to `output` (its suffix picks the format) or, with output None, as
+    CSV to `stream`. Returns the number of rows. No rows: InputError, and no file."""
+    if output is None:
+        return _write_text(batches, stream, _csv_rows)
+    output = Path(output)
+    suffix = output.suffix.lower()
+    if suffix not in SCORE_FORMATS:
+        raise InputError(f"{output}: output must end in {' or '.join(SCORE_FORMATS)}")
+    with atomic_output(output) as tmp:
+        if suffix == ".npy":
+            with open(tmp, "wb") as f:
+                return _write_npy(batches, f)
+        with open(tmp, "w", encoding="utf-8", newline="\n") as f:
+            return _write_text(batches, f, _csv_rows if suffix == ".csv" else _jsonl_rows)
+
+
+def _write_text(batches, f: IO, rows) -> int:
+    count = 0
+    for batch in batches:
+        if count == 0 and rows is _csv_rows:
+            f.write(_csv_header(batch))
+        f.write(rows(batch))
+        count += len(batch.scores)
+    return _nonzero(count)
+
+
+def _csv_header(batch: ScoredBatch) -> str:
+    header = "index,score" + (",is_anomaly" if batch.is_anomaly is not None else "")
+    if batch.feature_losses is not None:
+        n_features = batch.feature_losses[0].size if len(batch.scores) else 0
+        header += "".join(f",feature_{j}" for j in range(n_features))
+    return header + "\n"
+
+
+def _columns(batch: ScoredBatch) -> tuple[list, str]:
+    """The batch's columns as Python lists, and a %-format for one row of them."""
+    n = len(batch.scores)
+    columns = [range(batch.start, batch.start + n), batch.scores.tolist()]
+    fmt = "%d,%.9g"
+    if batch.is_anomaly is not None:
+        columns.append(batch.is_anomaly.tolist())
+        fmt += ",%d"
+    if batch.feature_losses is not None:
+        per_row = batch.feature_losses.reshape(n, -1)
+        columns += per_row.T.tolist()
+        fmt += ",%.6g" * per_row.shape[1]
+    return columns, fmt
+
+
+def _csv_rows(batch: ScoredBatch) -> str:
+    columns, fmt = _columns(batch)
+    return "".join(fmt % row + "\n" for row in zip(*columns))
+
+
+def _jsonl_rows(batch: ScoredBatch) -> str:
+    n = len(batch.scores)
+    flags = None if batch.is_anomaly is None else batch.is_anomaly.tolist()
+    features = None
+    if batch.feature_losses is not None:
+        features = batch.feature_losses.reshape(n, -1).tolist()
+    lines = []
+    for i, score in enumerate(batch.scores.tolist()):
+        row = {"index": batch.start + i, "score": score}
+        if flags is not None:
+            row["is_anomaly"] = flags[i]
+        if features is not None:
+            row["features"] = features[i]
+        lines.append(json.dumps(row) + "\n")
+    return "".join(lines)
+
+
+def _write_npy(batches, f: IO) -> int:
+    """Scores as a float32 .npy: a placeholder header, the data, then the real header."""
+    f.write(_npy_header(0))
+    count = 0
+    for batch in batches:
+        f.write(np.ascontiguousarray(batch.scores, "<f4").tobytes())
+        count += len(batch.scores)
+    f.seek(0)
+    f.write(_npy_header(_nonzero(count)))
+    return count
+
+
+def _npy_header(n: int) -> bytes:
+    """A version 1.0 .npy header for float32 (n,), padded to NPY_HEADER_BYTES as the
+    format allows (spaces before the final newline)."""
+    text = repr({"descr": "<f4", "fortran_order": False, "shape": (n,)})
+    text = text.ljust(NPY_HEADER_BYTES - 10 - 1) + "\n"
+    return b"\x93NUMPY\x01\x00" + len(text).to_bytes(2, "little") + text.encode("latin1")
+
+
+def _nonzero(count: int) -> int:
+    if count == 0:
+        raise InputError("holds no samples")
+    return count

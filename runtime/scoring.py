@@ -1,0 +1,120 @@
+"""What a score is: its settings, its result per batch, and the arithmetic from per-feature
+losses and the posterior (mu, logvar) to one number per sample. NumPy only."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from vae_edge.runtime.errors import InputError
+
+SCORE_TYPES = ("recon", "elbo", "iwae")
+DEFAULT_SCORE_TYPE = "elbo"  # best on the ODDS benchmark (README, benchmarks/results/)
+DEFAULT_SEED = 0  # the seed when none is given, so score() and predict() agree call after call
+DEFAULT_BATCH_SIZE = 1024
+
+
+@dataclass(frozen=True)
+class ScoreSettings:
+    """How to score, checked on construction. EdgeVAE.settings() fills what a call leaves
+    out from the threshold stored with the model, else from these defaults.
+
+    score_type "recon": the reconstruction loss -log p(x|z); "elbo": -ELBO = recon +
+    KL(q(z|x) || p(z)); "iwae": -L_k, the importance-weighted bound with k = samples.
+    samples 0 decodes z = mu (deterministic); samples L averages over L draws
+    z = mu + exp(logvar / 2) * eps, eps from numpy.random.default_rng(seed).
+    threshold: scores above it are anomalies (None: no flags).
+    batch_size: most rows of one graph call (samples > 0: batch_size // samples rows)."""
+
+    score_type: str = DEFAULT_SCORE_TYPE
+    samples: int = 0
+    seed: int = DEFAULT_SEED
+    threshold: float | None = None
+    batch_size: int = DEFAULT_BATCH_SIZE
+
+    def __post_init__(self):
+        if not _is_count(self.samples):
+            raise InputError(f"samples must be an integer >= 0, got {self.samples!r}")
+        if self.score_type not in SCORE_TYPES:
+            raise InputError(
+                f"score_type must be one of {', '.join(SCORE_TYPES)}, got {self.score_type!r}"
+            )
+        if self.score_type == "iwae" and self.samples < 1:
+            raise InputError("score_type iwae needs samples >= 1 (the k of L_k)")
+        check_seed(self.seed)
+        if not _is_count(self.batch_size) or self.batch_size < 1:
+            raise InputError(f"batch_size must be a positive integer, got {self.batch_size!r}")
+        if self.threshold is not None and not (
+            isinstance(self.threshold, (int, float, np.floating))
+            and not isinstance(self.threshold, bool)
+            and math.isfinite(self.threshold)
+        ):
+            raise InputError(f"threshold must be a finite number, got {self.threshold!r}")
+
+    @property
+    def rows_per_batch(self) -> int:
+        return max(1, self.batch_size // max(self.samples, 1))
+
+    def noise(self) -> np.random.Generator | None:
+        """The noise generator of one scoring pass (None: z = mu draws nothing)."""
+        return np.random.default_rng(self.seed) if self.samples else None
+
+
+@dataclass(frozen=True)
+class ScoredBatch:
+    """The result for rows start .. start + len(scores) - 1 of the input."""
+
+    start: int
+    scores: np.ndarray  # (n,) float32, nats from the floor; higher = more anomalous
+    is_anomaly: np.ndarray | None = None  # (n,) bool, where the settings have a threshold
+    feature_losses: np.ndarray | None = None  # (n, *input_shape) float32, when asked
+
+
+def scores_at_mean(losses, mu, logvar, score_type: str) -> np.ndarray:
+    """Scores from per-feature losses (n, *shape) of z = mu."""
+    recon = losses.reshape(len(losses), -1).sum(axis=1, dtype=np.float32)
+    return recon if score_type == "recon" else (recon + kl_divergence(mu, logvar)).astype(np.float32)
+
+
+def scores_over_draws(losses, mu, logvar, z, score_type: str) -> np.ndarray:
+    """Scores from per-feature losses (n, L, *shape) of L draws z (n, L, k)."""
+    n, draws = losses.shape[:2]
+    recon = losses.reshape(n, draws, -1).sum(axis=2, dtype=np.float32)  # (n, L)
+    if score_type == "recon":
+        return recon.mean(axis=1)
+    if score_type == "elbo":
+        return (recon.mean(axis=1) + kl_divergence(mu, logvar)).astype(np.float32)
+    # iwae: log w = log p(x|z) + log p(z) - log q(z|x); the log(2 pi) terms cancel.
+    eps = (z - mu[:, None]) * np.exp(-0.5 * logvar)[:, None]
+    log_w = -recon - 0.5 * np.sum(np.square(z) - np.square(eps) - logvar[:, None], axis=2)
+    log_w = log_w.astype(np.float64)
+    top = log_w.max(axis=1, keepdims=True)
+    log_mean_w = top[:, 0] + np.log(np.mean(np.exp(log_w - top), axis=1))
+    return (-log_mean_w).astype(np.float32)
+
+
+def kl_divergence(mu: np.ndarray, logvar: np.ndarray) -> np.ndarray:
+    """KL(N(mu, exp(logvar)) || N(0, I)) per row, closed form."""
+    return -0.5 * np.sum(1 + logvar - np.square(mu) - np.exp(logvar), axis=1)
+
+
+def draw_latents(mu: np.ndarray, logvar: np.ndarray, samples: int, rng) -> np.ndarray:
+    """z = mu + exp(logvar / 2) * eps, eps ~ N(0, I), shape (N, samples, k).
+
+    eps is drawn row by row (shape (N, samples, k), C order), so scoring N rows in one
+    batch or in several uses the same eps for each row.
+    """
+    eps = rng.standard_normal((mu.shape[0], samples, mu.shape[1]), dtype=np.float32)
+    return mu[:, None, :] + np.exp(0.5 * logvar)[:, None, :] * eps
+
+
+def check_seed(seed) -> int:
+    if not _is_count(seed):
+        raise InputError(f"seed must be an integer >= 0, got {seed!r}")
+    return int(seed)
+
+
+def _is_count(n) -> bool:
+    return isinstance(n, (int, np.integer)) and not isinstance(n, bool) and n >= 0
