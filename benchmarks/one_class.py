@@ -40,7 +40,7 @@ def main(mnist: str | None = None) -> None:
             export_run(run, bundle)
             scores = EdgeVAE.load(bundle).score(x_test)
         aurocs[digit] = roc_auc(y_test != digit, scores)
-        epochs[digit] = config["summary"]["epochs_run"]
+        epochs[digit] = config.summary["epochs_run"]
         print(
             f"digit {digit}: AUROC {aurocs[digit]:.4f}, {epochs[digit]} epochs "
             f"({time.perf_counter() - started:.0f} s)"

@@ -119,7 +119,7 @@ def train(data, run_dir, hidden, quiet, **options):
     if options.get("patience") == 0:
         options["patience"] = None  # fit's "never stop early"
     config = train_module.train(data, run_dir, hidden=hidden, progress=not quiet, **options)
-    s = config["summary"]
+    s = config.summary
     click.echo(f"wrote {run_dir} ({s['seconds']} s)")
     for split in ("train", "val", "test"):
         if f"{split}_loss" in s:

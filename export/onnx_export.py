@@ -27,9 +27,10 @@ from vae_edge.runtime.bench import data_like_samples
 from vae_edge.runtime.data import umask
 from vae_edge.runtime.errors import InputError, VAEEdgeError
 from vae_edge.runtime.manifest import FORMAT_VERSION, MANIFEST_FILE, Graph, Manifest
-from vae_edge.runtime.model import EdgeVAE, draw_latents
-from vae_edge.training.model import VAE, kl_divergence, reconstruction_nll
-from vae_edge.training.train import load_run
+from vae_edge.runtime.model import EdgeVAE
+from vae_edge.runtime.scoring import draw_latents
+from vae_edge.training.model import VAE, kl_divergence
+from vae_edge.training.train import RunConfig, load_run
 
 OPSET = 18
 EXPORTER = f"torch.onnx.export(dynamo=True, opset_version={OPSET})"
@@ -98,13 +99,13 @@ def export_run(
     return manifest
 
 
-def _build(vae: VAE, config: dict, folder: Path) -> Manifest:
-    m = config["model"]
-    shape = tuple(m["input_shape"])
+def _build(vae: VAE, config: RunConfig, folder: Path) -> Manifest:
+    m = config.model
+    shape = tuple(m.input_shape)
     graphs = {}
     for name, module, example, inputs, outputs in (
         ("encoder", _Encoder(vae), torch.rand(2, *shape), ["x"], ["mu", "logvar"]),
-        ("decoder", _Decoder(vae), torch.randn(2, m["latent_dim"]), ["z"], ["x"]),
+        ("decoder", _Decoder(vae), torch.randn(2, m.latent_dim), ["z"], ["x"]),
     ):
         file = folder / f"{name}.onnx"
         _export_graph(module, example, file, inputs, outputs)
@@ -121,10 +122,10 @@ def _build(vae: VAE, config: dict, folder: Path) -> Manifest:
         "format_version": FORMAT_VERSION,
         "input_shape": list(shape),
         "input_dtype": "float32",
-        "data_dtype": config["data"]["dtype"],
-        "preprocessing": config["preprocessing"],
-        "likelihood": m["likelihood"],
-        "latent_dim": m["latent_dim"],
+        "data_dtype": config.data["dtype"],
+        "preprocessing": config.preprocessing,
+        "likelihood": m.likelihood,
+        "latent_dim": m.latent_dim,
         "encoder": graphs["encoder"].__dict__,
         "decoder": graphs["decoder"].__dict__,
         "opset": OPSET,
@@ -132,10 +133,10 @@ def _build(vae: VAE, config: dict, folder: Path) -> Manifest:
         "versions": versions,
         "parity": {},
         "training": {
-            "model": {"arch": m.get("arch", "mlp"), "hidden": m["hidden"]},
-            "data": config["data"],
-            "options": config["training"],
-            "summary": config["summary"],
+            "model": {"arch": m.arch, "hidden": m.hidden},
+            "data": config.data,
+            "options": config.training,
+            "summary": config.summary,
         },
         "threshold": None,
         "observation_logvar": _observation_logvar(vae),
@@ -280,35 +281,35 @@ def check_parity(vae: VAE, edge: EdgeVAE, seed: int = 0) -> dict[str, float]:
     rng = np.random.default_rng(seed)
     k = edge.manifest.latent_dim
     worst = {"mu": 0.0, "logvar": 0.0, "decoder": 0.0, "score": 0.0, "elbo": 0.0}
-    obs_logvar = vae.observation_logvar()
     for n in PARITY_BATCHES:
-        raw = edge.manifest.preprocessing.invert(_example_inputs(edge, rng, n))
-        xp = edge.preprocess(raw)
+        # valid encoder inputs for the likelihood, taken back to the data's units
+        raw = edge.manifest.preprocessing.invert(
+            edge.likelihood.example_inputs(rng, (n, *edge.manifest.input_shape))
+        )
+        x_t = torch.from_numpy(edge.preprocess(raw))
         z = rng.standard_normal((n, k), dtype=np.float32)
-        with torch.no_grad():
-            mu_t, logvar_t = (t.numpy() for t in vae.encode(torch.from_numpy(xp)))
-            dec_t = vae.decode(torch.from_numpy(z)).numpy()
         mu_o, logvar_o = edge.encode(raw)
-        dec_o = edge._decode(z)
-        floor = edge.nll_floor(raw)  # scores are measured from it; PyTorch's loss is not
-        score_o = edge.score(raw, samples=1, seed=seed, score_type="recon") + floor
-        elbo_o = edge.score(raw, samples=0, score_type="elbo") + floor
+        dec_o = edge.bundle.run_decoder(z)
+        # Scores are measured from the floor; PyTorch's loss is not. Both are compared
+        # with the floor taken off on the torch side by the torch mirror of the likelihood.
+        score_o = edge.score(raw, samples=1, seed=seed, score_type="recon")
+        elbo_o = edge.score(raw, samples=0, score_type="elbo")
         eps_z = draw_latents(mu_o, logvar_o, 1, np.random.default_rng(seed))[:, 0]
         with torch.no_grad():
+            mu_t, logvar_t = (t.numpy() for t in vae.encode(x_t))
+            dec_t = vae.decode(torch.from_numpy(z)).numpy()
             # Same eps through PyTorch: z from ORT's mu/logvar so only the decoder and loss
             # differ; the encoder is compared on its own above.
-            x_t, likelihood = torch.from_numpy(xp), edge.manifest.likelihood
-            params = vae.decode(torch.from_numpy(eps_z))
-            score_t = reconstruction_nll(x_t, params, likelihood, obs_logvar).numpy()
-            mu, logvar = vae.encode(x_t)
-            elbo_t = reconstruction_nll(x_t, vae.decode(mu), likelihood, obs_logvar)
-            elbo_t = (elbo_t + kl_divergence(mu, logvar)).numpy()
+            floor = vae.nll_floor(x_t)
+            score_t = (vae.reconstruction_nll(x_t, vae.decode(torch.from_numpy(eps_z))) - floor)
+            params, mu, logvar = vae(x_t)
+            elbo_t = vae.reconstruction_nll(x_t, params) - floor + kl_divergence(mu, logvar)
         for name, a, b in (
             ("mu", mu_o, mu_t),
             ("logvar", logvar_o, logvar_t),
             ("decoder", dec_o, dec_t),
-            ("score", score_o, score_t),
-            ("elbo", elbo_o, elbo_t),
+            ("score", score_o, score_t.numpy()),
+            ("elbo", elbo_o, elbo_t.numpy()),
         ):
             if a.shape != b.shape or not np.allclose(a, b, rtol=RTOL, atol=ATOL):
                 raise ExportError(
@@ -321,14 +322,6 @@ def check_parity(vae: VAE, edge: EdgeVAE, seed: int = 0) -> dict[str, float]:
         "atol": ATOL,
         "batch_sizes": list(PARITY_BATCHES),
     }
-
-
-def _example_inputs(edge: EdgeVAE, rng, n: int) -> np.ndarray:
-    """Inputs in the encoder's units: uniform [0, 1] for Bernoulli, N(0, 1) otherwise."""
-    shape = (n, *edge.manifest.input_shape)
-    if edge.manifest.likelihood == "bernoulli":
-        return rng.random(shape, dtype=np.float32)
-    return rng.standard_normal(shape, dtype=np.float32)
 
 
 def _max_diff(a: np.ndarray, b: np.ndarray) -> float:

@@ -3,7 +3,7 @@
 Each likelihood knows, for the encoder's input xp (preprocessed as in training) and the
 decoder's output: the negative log-likelihood of each feature measured from its floor
 -log p(x | x), the floor itself, and the decoder mean in the data's units. The torch side
-mirrors it in vae_edge.training.model (reconstruction_nll, nll_floor).
+mirrors it in the training package (VAE.reconstruction_nll, VAE.nll_floor).
 """
 
 from __future__ import annotations

@@ -108,9 +108,10 @@ class Manifest:
 
     @property
     def is_image(self) -> bool:
-        """(H, W), (H, W, C) or (C, H, W) with 1 or 3 channels."""
+        """An image that PNG can hold: (H, W), or (H, W, C) / (C, H, W) with 1 or 3
+        channels."""
         shape = self.input_shape
-        return len(shape) == 2 or (len(shape) == 3 and (shape[0] in (1, 3) or shape[-1] in (1, 3)))
+        return is_image_shape(shape) and (len(shape) == 2 or shape[0] in (1, 3) or shape[-1] in (1, 3))
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -174,6 +175,12 @@ class Manifest:
             "encoder and decoder must be different files",
         )
         return manifest
+
+
+def is_image_shape(shape) -> bool:
+    """Samples with two or three axes, (H, W) or (C, H, W) / (H, W, C), are images; one
+    axis is a table row. Training's defaults and the runtime's pictures both ask this."""
+    return len(shape) in (2, 3)
 
 
 def _check(condition: bool, message: str) -> None:

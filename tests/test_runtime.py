@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from vae_edge.runtime import BundleError, EdgeVAE, InputError
-from vae_edge.runtime.model import draw_latents
+from vae_edge.runtime.scoring import draw_latents
 
 
 @pytest.fixture(scope="module")
@@ -100,7 +100,7 @@ def test_samples_zero_scores_deterministically_with_z_equal_mu(default_model):
     s0 = default_model.score(x, samples=0, seed=1, score_type="recon")
     assert np.array_equal(s0, default_model.score(x, samples=0, seed=99, score_type="recon"))
     mu, _ = default_model.encode(x)
-    xp, logits = default_model.preprocess(x).astype(np.float64), default_model._decode(mu)
+    xp, logits = default_model.preprocess(x).astype(np.float64), default_model.bundle.run_decoder(mu)
     bce = (np.logaddexp(0, logits) - xp * logits).sum(axis=(1, 2))  # BCE with logits
     with np.errstate(divide="ignore", invalid="ignore"):
         entropy = -np.nan_to_num(xp * np.log(xp) + (1 - xp) * np.log(1 - xp)).sum(axis=(1, 2))
@@ -295,7 +295,7 @@ def test_device_path_passing_mu_between_graphs_gives_the_same_scores(default_mod
     # On a GPU, score at z = mu keeps mu on the device between the graphs (IOBinding);
     # forced here on the CPU, where the bindings are CPU memory: the same numbers.
     bound = EdgeVAE.load()
-    bound._bind = True
+    bound.bundle.bind = True
     x = default_model.sample(37, seed=5)
     for score_type in ("recon", "elbo"):
         expected = EdgeVAE.load().score(x, score_type=score_type)
@@ -315,8 +315,8 @@ cuda = pytest.mark.skipif(not _cuda_available(), reason="no CUDA provider in onn
 @cuda
 def test_cuda_runs_on_the_gpu_and_matches_the_cpu(default_model):
     gpu = EdgeVAE.load(device="cuda")
-    assert gpu._encoder.get_providers()[0] == "CUDAExecutionProvider"
-    assert gpu._decoder.get_providers()[0] == "CUDAExecutionProvider"
+    assert gpu.bundle.encoder.get_providers()[0] == "CUDAExecutionProvider"
+    assert gpu.bundle.decoder.get_providers()[0] == "CUDAExecutionProvider"
     x = default_model.sample(300, seed=1)
     np.testing.assert_allclose(gpu.score(x), default_model.score(x), rtol=1e-3, atol=1e-2)
     np.testing.assert_allclose(

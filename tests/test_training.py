@@ -43,6 +43,7 @@ def test_training_is_reproducible_for_a_seed(tmp_path):
 
 def test_run_directory_holds_config_log_and_checkpoint(mnist_run):
     config = json.loads((mnist_run / "config.json").read_text())
+    assert config["format"] == "vae-edge-run/1"
     assert config["model"] == {
         "arch": "mlp", "input_shape": [28, 28], "hidden": [128], "latent_dim": 8, "likelihood": "bernoulli",
         "variance": "fixed",
@@ -64,8 +65,8 @@ def test_normal_class_trains_on_one_label(mnist_small, tmp_path):
     )
     with np.load(mnist_small) as f:
         n3 = int((f["y_train"] == 3).sum())
-    assert config["data"]["n_train"] + config["data"]["n_val"] == n3
-    assert config["data"]["normal_class"] == 3
+    assert config.data["n_train"] + config.data["n_val"] == n3
+    assert config.data["normal_class"] == 3
     with pytest.raises(InputError, match="no samples with label 11"):
         train(str(mnist_small), tmp_path / "r2", epochs=1, normal_class=11, progress=False)
 
@@ -197,7 +198,7 @@ def test_early_stopping_keeps_the_best_epoch(mnist_small):
     log = []
     model, config = fit(x, epochs=60, batch_size=16, patience=2, kl_warmup=0, hidden=(64,),
                         latent_dim=4, on_epoch=lambda entry, epochs: log.append(entry))  # fmt: skip
-    s = config["summary"]
+    s = config.summary
     val = [e["val_loss"] for e in log]
     assert s["epochs_run"] == len(log) < 60  # stopped early: 180 digits stop improving
     assert s["epoch"] == 1 + int(np.argmin(val)) == len(log) - 2
@@ -205,7 +206,7 @@ def test_early_stopping_keeps_the_best_epoch(mnist_small):
     # The returned weights are the best epoch's, not the last one's.
     order = np.random.default_rng(0).permutation(len(x))
     x_val = torch.from_numpy(x[order[:20]].astype(np.float32) / 255)
-    assert evaluate(model, x_val, "bernoulli", 0)["loss"] == pytest.approx(min(val), rel=1e-6)
+    assert evaluate(model, x_val, 0)["loss"] == pytest.approx(min(val), rel=1e-6)
 
 
 def test_beta_and_kl_warmup_shape_the_loss(mnist_small):
@@ -216,8 +217,8 @@ def test_beta_and_kl_warmup_shape_the_loss(mnist_small):
     kl = {}
     for beta in (0.25, 4.0):
         _, config = fit(x, epochs=3, beta=beta, hidden=(64,), latent_dim=8)
-        kl[beta] = config["summary"]["val_kl"]
-        assert config["training"]["beta"] == beta and config["training"]["kl_warmup"] == 0.3
+        kl[beta] = config.summary["val_kl"]
+        assert config.training["beta"] == beta and config.training["kl_warmup"] == 0.3
     assert kl[4.0] < kl[0.25] / 2  # a heavier KL term buys a smaller KL
     with pytest.raises(InputError, match="beta must be positive"):
         fit(x, beta=0)

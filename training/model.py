@@ -10,6 +10,7 @@ from torch.nn import functional as F
 
 HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
 ARCHS = ("mlp", "conv")
+LIKELIHOODS = ("bernoulli", "gaussian")
 
 # A learned Gaussian variance below this would let a feature that the model reconstructs
 # exactly (e.g. a constant column) drive the likelihood to infinity.
@@ -17,7 +18,9 @@ MIN_OBS_LOGVAR = math.log(1e-2)
 
 
 class VAE(nn.Module):
-    """Encoder x -> (mu, logvar), decoder z -> Bernoulli logits or Gaussian means.
+    """Encoder x -> (mu, logvar), decoder z -> Bernoulli logits or Gaussian means, and
+    the likelihood p(x|z) those define (reconstruction_nll, nll_floor): the torch mirror of
+    vae_edge.runtime.likelihood.
 
     arch "mlp": fully connected layers of sizes `hidden`. arch "conv": for images (H, W) or
     (C, H, W): two stride-2 convolutions with `channels` filters, then the `hidden` layers;
@@ -33,8 +36,13 @@ class VAE(nn.Module):
         learn_variance=False,
         arch="mlp",
         channels=(32, 64),
+        likelihood="gaussian",
     ):
         super().__init__()
+        if likelihood not in LIKELIHOODS or (learn_variance and likelihood != "gaussian"):
+            raise ValueError(f"unknown likelihood {likelihood!r} (or variance learned for it)")
+        self.likelihood = likelihood
+        self.latent_dim = latent_dim
         self.input_shape = tuple(input_shape)
         self.obs_logvar = nn.Parameter(torch.zeros(self.input_shape)) if learn_variance else None
         if arch == "mlp":
@@ -65,15 +73,40 @@ class VAE(nn.Module):
         """Decoder output: Bernoulli logits or Gaussian means, shaped like the input."""
         return self.decoder(z).reshape(-1, *self.input_shape)
 
-    def forward(self, x, eps):
+    def forward(self, x, eps=None):
+        """(decoder output, mu, logvar) for x; z = mu + exp(logvar / 2) * eps, or z = mu
+        when eps is None."""
         mu, logvar = self.encode(x)
-        return self.decode(self.reparameterize(mu, logvar, eps)), mu, logvar
+        z = mu if eps is None else self.reparameterize(mu, logvar, eps)
+        return self.decode(z), mu, logvar
 
     def observation_logvar(self):
         """The Gaussian log-variance per feature, floored; None = unit variance."""
         if self.obs_logvar is None:
             return None
         return self.obs_logvar.clamp(min=MIN_OBS_LOGVAR)
+
+    def reconstruction_nll(self, x, params):
+        """-log p(x|z) per sample, summed over features (nats), for decoder output params."""
+        logvar = self.observation_logvar()
+        if self.likelihood == "bernoulli":
+            elementwise = F.binary_cross_entropy_with_logits(params, x, reduction="none")
+        elif logvar is None:  # unit-variance Gaussian in standardised units
+            elementwise = 0.5 * (x - params) ** 2 + HALF_LOG_2PI
+        else:
+            elementwise = 0.5 * ((x - params) ** 2 * torch.exp(-logvar) + logvar) + HALF_LOG_2PI
+        return elementwise.flatten(1).sum(1)
+
+    def nll_floor(self, x):
+        """-log p(x | x) per sample: the loss of a perfect reconstruction, the point the
+        runtime's scores are measured from."""
+        if self.likelihood == "bernoulli":
+            floor = F.binary_cross_entropy(x, x, reduction="none")
+        elif self.obs_logvar is None:
+            floor = torch.full_like(x, HALF_LOG_2PI)
+        else:
+            floor = (0.5 * self.observation_logvar() + HALF_LOG_2PI).expand_as(x)
+        return floor.flatten(1).sum(1)
 
 
 def _mlp(sizes):
@@ -129,17 +162,6 @@ class _Crop(nn.Module):
 
     def forward(self, x):
         return x[:, :, : self.h, : self.w]
-
-
-def reconstruction_nll(x, params, likelihood, obs_logvar=None):
-    """-log p(x|z) per sample, summed over features (nats)."""
-    if likelihood == "bernoulli":
-        elementwise = F.binary_cross_entropy_with_logits(params, x, reduction="none")
-    elif obs_logvar is None:  # unit-variance Gaussian in standardised units
-        elementwise = 0.5 * (x - params) ** 2 + HALF_LOG_2PI
-    else:
-        elementwise = 0.5 * ((x - params) ** 2 * torch.exp(-obs_logvar) + obs_logvar) + HALF_LOG_2PI
-    return elementwise.flatten(1).sum(1)
 
 
 def kl_divergence(mu, logvar):

@@ -11,8 +11,9 @@ import json
 import math
 import sys
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import click
 import numpy as np
@@ -20,14 +21,8 @@ import torch
 
 from vae_edge.runtime.data import atomic_output, read_data
 from vae_edge.runtime.errors import InputError
-from vae_edge.runtime.manifest import Preprocessing
-from vae_edge.training.model import (
-    ARCHS,
-    VAE,
-    image_channels,
-    kl_divergence,
-    reconstruction_nll,
-)
+from vae_edge.runtime.manifest import Preprocessing, is_image_shape
+from vae_edge.training.model import ARCHS, VAE, image_channels, kl_divergence
 
 RUN_FORMAT = "vae-edge-run/1"
 CONFIG_FILE, CHECKPOINT_FILE, LOG_FILE = "config.json", "checkpoint.pt", "log.jsonl"
@@ -50,7 +45,7 @@ def default_architecture(input_shape: tuple[int, ...], arch: str = "mlp"):
     n_features = math.prod(input_shape)
     if arch == "conv":
         return (256,), 32
-    if len(input_shape) > 1:
+    if is_image_shape(input_shape):
         return (512, 256), 32
     if n_features >= 100:
         return (400,), 20
@@ -64,7 +59,7 @@ def choose_likelihood(x: np.ndarray, likelihood: str | None = None) -> tuple[str
     in_unit_range = x.dtype == np.uint8 or (x.min() >= 0 and x.max() <= 1)
     if likelihood is None:
         binary = in_unit_range and np.isin(x, (0, 1)).all()
-        bernoulli = x.dtype == np.uint8 or binary or (in_unit_range and x.ndim > 2)
+        bernoulli = x.dtype == np.uint8 or binary or (in_unit_range and is_image_shape(x.shape[1:]))
         likelihood = "bernoulli" if bernoulli else "gaussian"
     if likelihood == "bernoulli":
         if not in_unit_range:
@@ -123,124 +118,152 @@ def default_epochs(n_rows: int, batch_size: int, image: bool = False) -> int:
     return max(10, math.ceil((MIN_STEPS_IMAGES if image else MIN_STEPS) / steps_per_epoch))
 
 
+@dataclass(frozen=True)
+class TrainOptions:
+    """What a user can choose; None = chosen from the data (see fit). Checked on
+    construction, so a bad option fails before any data is read."""
+
+    arch: str = "mlp"
+    epochs: int | None = None
+    batch_size: int = 128
+    lr: float = LR
+    beta: float = 1.0
+    kl_warmup: float | None = None  # epochs; None: a tenth of the run
+    patience: int | None = PATIENCE  # None: never stop early
+    latent_dim: int | None = None
+    hidden: tuple[int, ...] | None = None
+    likelihood: str | None = None
+    variance: str | None = None  # "learned" (Gaussian default) or "fixed"
+    seed: int = 0
+    val_fraction: float = 0.1
+
+    def __post_init__(self):
+        for name in ("epochs", "batch_size"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise InputError(f"{name} must be >= 1, got {value}")
+        if not 0 <= self.val_fraction < 1:
+            raise InputError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
+        for name in ("lr", "beta"):
+            if not getattr(self, name) > 0:
+                raise InputError(f"{name} must be positive, got {getattr(self, name)}")
+        if self.kl_warmup is not None and self.kl_warmup < 0:
+            raise InputError(f"kl_warmup must be >= 0 epochs, got {self.kl_warmup}")
+        if self.patience is not None and self.patience < 1:
+            raise InputError(f"patience must be >= 1 epoch, got {self.patience}")
+        if self.arch not in ARCHS:
+            raise InputError(f"unknown arch {self.arch!r} (use {' or '.join(ARCHS)})")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    arch: str
+    input_shape: list[int]
+    hidden: list[int]
+    latent_dim: int
+    likelihood: str
+    variance: str
+
+    def build(self) -> VAE:
+        return VAE(self.input_shape, self.hidden, self.latent_dim, self.variance == "learned",
+                   self.arch, likelihood=self.likelihood)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """config.json: the contract between a training run and export, every choice resolved.
+    training holds the options as run (epochs, kl_warmup and patience filled in)."""
+
+    model: ModelConfig
+    preprocessing: dict[str, Any]
+    data: dict[str, Any]
+    training: dict[str, Any]
+    summary: dict[str, Any]
+    format: str = RUN_FORMAT
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2) + "\n"
+
+    @classmethod
+    def from_dict(cls, d: Any, where: str) -> RunConfig:
+        if not isinstance(d, dict) or d.get("format") != RUN_FORMAT:
+            raise InputError(f"{where}: not a {RUN_FORMAT} run config")
+        try:
+            return cls(**(d | {"model": ModelConfig(**d["model"])}))
+        except (TypeError, KeyError) as e:
+            raise InputError(f"{where}: not a valid {RUN_FORMAT} run config ({e})") from None
+
+
 def fit(
     x: np.ndarray,
     x_test: np.ndarray | None = None,
+    options: TrainOptions | None = None,
     *,
-    arch: str = "mlp",
-    epochs: int | None = None,
-    batch_size: int = 128,
-    lr: float = LR,
-    beta: float = 1.0,
-    kl_warmup: float | None = None,
-    patience: int | None = PATIENCE,
-    latent_dim: int | None = None,
-    hidden: tuple[int, ...] | None = None,
-    likelihood: str | None = None,
-    variance: str | None = None,
-    seed: int = 0,
-    val_fraction: float = 0.1,
     progress: bool = False,
     on_epoch=None,
-) -> tuple[VAE, dict]:
+    **option_overrides,
+) -> tuple[VAE, RunConfig]:
     """Train a VAE on raw samples x (N, ...). Unset options are chosen from the data.
 
     Loss: reconstruction + beta * KL, with the KL weight ramped linearly from 0 over the
     first `kl_warmup` epochs (default: a tenth of the run). The learning rate follows a
     one-cycle schedule peaking at `lr`. With a validation split, the weights of the epoch
     with the best validation -ELBO are kept and training stops after `patience` epochs
-    without improvement (None: never stops early).
+    without improvement. option_overrides: TrainOptions fields, e.g. fit(x, epochs=5).
+    on_epoch(entry, epochs) is called after each epoch with its losses.
     Returns the model and the run config (what was chosen, losses per split)."""
-    for name, value in (("epochs", 1 if epochs is None else epochs), ("batch_size", batch_size)):
-        if value < 1:
-            raise InputError(f"{name} must be >= 1, got {value}")
-    if not 0 <= val_fraction < 1:
-        raise InputError(f"val_fraction must be in [0, 1), got {val_fraction}")
-    for name, value in (("lr", lr), ("beta", beta)):
-        if not value > 0:
-            raise InputError(f"{name} must be positive, got {value}")
-    if kl_warmup is not None and kl_warmup < 0:
-        raise InputError(f"kl_warmup must be >= 0 epochs, got {kl_warmup}")
-    if patience is not None and patience < 1:
-        raise InputError(f"patience must be >= 1 epoch, got {patience}")
-    if arch not in ARCHS:
-        raise InputError(f"unknown arch {arch!r} (use {' or '.join(ARCHS)})")
+    o = replace(options or TrainOptions(), **option_overrides)
     _check_samples(x, "training data")
-    likelihood, prep = choose_likelihood(x, likelihood)
-    if variance is None:
-        variance = "learned" if likelihood == "gaussian" else "fixed"
-    if variance not in ("fixed", "learned") or (likelihood == "bernoulli" and variance != "fixed"):
-        raise InputError(f"variance must be 'fixed' or 'learned' (gaussian only), got {variance!r}")
-    input_shape = tuple(int(n) for n in x.shape[1:])
-    if arch == "conv":
-        try:
-            image_channels(input_shape)
-        except ValueError as e:
-            raise InputError(str(e)) from None
-    default_hidden, default_latent = default_architecture(input_shape, arch)
-    hidden = tuple(hidden) if hidden else default_hidden
-    latent_dim = latent_dim or default_latent
-
-    torch.manual_seed(seed)
-    order = np.random.default_rng(seed).permutation(len(x))
-    n_val = int(round(len(x) * val_fraction))
-    if val_fraction > 0 and not 1 <= n_val < len(x):
-        raise InputError(f"val_fraction {val_fraction} leaves no training or validation rows")
+    model_config, prep = _model_config(x, o)
+    torch.manual_seed(o.seed)
+    order = np.random.default_rng(o.seed).permutation(len(x))
+    n_val = int(round(len(x) * o.val_fraction))
+    if o.val_fraction > 0 and not 1 <= n_val < len(x):
+        raise InputError(f"val_fraction {o.val_fraction} leaves no training or validation rows")
     x_all = torch.from_numpy(prep.apply(x))
     x_val, x_fit = x_all[order[:n_val]], x_all[order[n_val:]]
-    if epochs is None:
-        epochs = default_epochs(len(x_fit), batch_size, image=len(input_shape) > 1)
-    if kl_warmup is None:
-        kl_warmup = epochs / 10
+    image = is_image_shape(model_config.input_shape)
+    epochs = o.epochs or default_epochs(len(x_fit), o.batch_size, image=image)
+    o = replace(o, epochs=epochs, kl_warmup=epochs / 10 if o.kl_warmup is None else o.kl_warmup)
 
-    model = VAE(input_shape, hidden, latent_dim, variance == "learned", arch)
-    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
-    n_batches = math.ceil(len(x_fit) / batch_size)
+    model = model_config.build()
+    optimizer = torch.optim.Adam(model.parameters(), lr=o.lr)
+    n_batches = math.ceil(len(x_fit) / o.batch_size)
     schedule = torch.optim.lr_scheduler.OneCycleLR(
-        optimizer, max_lr=lr, total_steps=epochs * n_batches
+        optimizer, max_lr=o.lr, total_steps=epochs * n_batches
     )
-    warmup_steps = kl_warmup * n_batches
-    shuffle = torch.Generator().manual_seed(seed)
-    noise = torch.Generator().manual_seed(seed + 1)
+    warmup_steps = o.kl_warmup * n_batches
+    shuffle = torch.Generator().manual_seed(o.seed)
+    noise = torch.Generator().manual_seed(o.seed + 1)
     started = time.perf_counter()
     step = 0
     best, best_state = None, None
     for epoch in range(1, epochs + 1):
         t0 = time.perf_counter()
         model.train()
-        totals = np.zeros(2)
+        totals = np.zeros(2)  # reconstruction and KL, summed over the epoch's samples
         perm = torch.randperm(len(x_fit), generator=shuffle)
-        batches = (perm[i : i + batch_size] for i in range(0, len(x_fit), batch_size))
-        with click.progressbar(
-            batches,
-            length=n_batches,
-            label=f"epoch {epoch}/{epochs}",
-            file=sys.stderr,
-            hidden=not (progress and sys.stderr.isatty()),
-        ) as bar:
+        batches = [perm[i : i + o.batch_size] for i in range(0, len(x_fit), o.batch_size)]
+        shown = progress and sys.stderr.isatty()
+        with click.progressbar(batches, label=f"epoch {epoch}/{epochs}", file=sys.stderr,
+                               hidden=not shown) as bar:  # fmt: skip
             for idx in bar:
                 xb = x_fit[idx]
-                mu, logvar = model.encode(xb)
-                eps = torch.randn(mu.shape, generator=noise)
-                params = model.decode(model.reparameterize(mu, logvar, eps))
-                recon = reconstruction_nll(xb, params, likelihood, model.observation_logvar())
-                kl = kl_divergence(mu, logvar)
+                params, mu, logvar = model(xb, torch.randn(len(xb), model.latent_dim, generator=noise))
+                recon, kl = model.reconstruction_nll(xb, params), kl_divergence(mu, logvar)
                 step += 1
-                kl_weight = beta * min(1.0, step / warmup_steps) if warmup_steps else beta
+                kl_weight = o.beta * min(1.0, step / warmup_steps) if warmup_steps else o.beta
                 loss = (recon + kl_weight * kl).mean()
                 optimizer.zero_grad()
                 loss.backward()
                 optimizer.step()
                 schedule.step()
                 totals += [recon.sum().item(), kl.sum().item()]
-        entry = {
-            "epoch": epoch,
-            "train_loss": float(totals.sum() / len(x_fit)),
-            "train_recon": float(totals[0] / len(x_fit)),
-            "train_kl": float(totals[1] / len(x_fit)),
-        }
+        entry = {"epoch": epoch, "train_loss": float(totals.sum() / len(x_fit)),
+                 "train_recon": float(totals[0] / len(x_fit)),
+                 "train_kl": float(totals[1] / len(x_fit))}  # fmt: skip
         if n_val:
-            entry.update(_prefixed("val", evaluate(model, x_val, likelihood, seed)))
+            entry.update(_prefixed("val", evaluate(model, x_val, o.seed)))
             # Judged once the KL weight is full: before that the loss is not the -ELBO
             # being optimised and an early epoch could look best.
             if step >= warmup_steps and (best is None or entry["val_loss"] < best["val_loss"]):
@@ -249,62 +272,68 @@ def fit(
         entry["seconds"] = round(time.perf_counter() - t0, 3)
         if on_epoch:
             on_epoch(entry, epochs)
-        if patience and best is not None and epoch - best["epoch"] >= patience:
+        if o.patience and best is not None and epoch - best["epoch"] >= o.patience:
             break
 
     if best_state is not None:
         model.load_state_dict(best_state)
-    final = best or entry
-    summary = {k: v for k, v in final.items() if k != "seconds"}
+    summary = {k: v for k, v in (best or entry).items() if k != "seconds"}
     summary["epochs_run"] = entry["epoch"]
     summary["seconds"] = round(time.perf_counter() - started, 1)
     if x_test is not None:
         _check_samples(x_test, "x_test")
         if x_test.shape[1:] != x.shape[1:]:
             raise InputError(f"x_test samples are {x_test.shape[1:]}, x are {x.shape[1:]}")
-        x_test_p = torch.from_numpy(prep.apply(x_test))
-        summary.update(_prefixed("test", evaluate(model, x_test_p, likelihood, seed)))
+        summary.update(_prefixed("test", evaluate(model, torch.from_numpy(prep.apply(x_test)),
+                                                  o.seed)))  # fmt: skip
         summary["n_test"] = len(x_test)
-    config = {
-        "format": RUN_FORMAT,
-        "model": {
-            "arch": arch,
-            "input_shape": list(input_shape),
-            "hidden": list(hidden),
-            "latent_dim": latent_dim,
-            "likelihood": likelihood,
-            "variance": variance,
-        },
-        "preprocessing": {k: v for k, v in asdict(prep).items() if v is not None},
-        "data": {"dtype": str(x.dtype), "n_train": len(x_fit), "n_val": n_val},
-        "training": {
-            "epochs": epochs,
-            "batch_size": batch_size,
-            "lr": lr,
-            "lr_schedule": "one-cycle",
-            "beta": beta,
-            "kl_warmup": kl_warmup,
-            "patience": patience,
-            "seed": seed,
-            "val_fraction": val_fraction,
-            "optimizer": "Adam",
-            "torch": torch.__version__,
-        },
-        "summary": summary,
-    }
+    run = asdict(o)
+    training = {k: run[k] for k in ("epochs", "batch_size", "lr")} | {"lr_schedule": "one-cycle"}
+    training |= {k: run[k] for k in ("beta", "kl_warmup", "patience", "seed", "val_fraction")}
+    config = RunConfig(
+        model=model_config,
+        preprocessing={k: v for k, v in asdict(prep).items() if v is not None},
+        data={"dtype": str(x.dtype), "n_train": len(x_fit), "n_val": n_val},
+        training=training | {"optimizer": "Adam", "torch": torch.__version__},
+        summary=summary,
+    )
     return model.eval(), config
+
+
+def _model_config(x: np.ndarray, o: TrainOptions) -> tuple[ModelConfig, Preprocessing]:
+    likelihood, prep = choose_likelihood(x, o.likelihood)
+    variance = o.variance or ("learned" if likelihood == "gaussian" else "fixed")
+    if variance not in ("fixed", "learned") or (likelihood == "bernoulli" and variance != "fixed"):
+        raise InputError(f"variance must be 'fixed' or 'learned' (gaussian only), got {variance!r}")
+    input_shape = tuple(int(n) for n in x.shape[1:])
+    if o.arch == "conv":
+        try:
+            image_channels(input_shape)
+        except ValueError as e:
+            raise InputError(str(e)) from None
+    default_hidden, default_latent = default_architecture(input_shape, o.arch)
+    return ModelConfig(
+        arch=o.arch,
+        input_shape=list(input_shape),
+        hidden=list(o.hidden or default_hidden),
+        latent_dim=o.latent_dim or default_latent,
+        likelihood=likelihood,
+        variance=variance,
+    ), prep
 
 
 def train(
     data: str,
     out: str | Path,
+    options: TrainOptions | None = None,
     *,
     normal_class: int | None = None,
     progress: bool = True,
-    **options,
-) -> dict:
+    **option_overrides,
+) -> RunConfig:
     """Train on `data` (a path or 'mnist') and write the run into `out`: checkpoint.pt,
     config.json and log.jsonl (one line per epoch). Options as for fit(). Returns config."""
+    options = replace(options or TrainOptions(), **option_overrides)
     dataset = load_training_data(data)
     if dataset.x is None:
         raise InputError(f"{data}: no training samples (an 'x' or 'x_train' array)")
@@ -325,29 +354,25 @@ def train(
                 f"epoch {entry['epoch']}/{epochs}  train {entry['train_loss']:.2f}{val}", err=True
             )
 
-    model, config = fit(x, x_test, progress=progress, on_epoch=on_epoch, **options)
-    config["data"].update(source=str(data), normal_class=normal_class)
+    model, config = fit(x, x_test, options, progress=progress, on_epoch=on_epoch)
+    config.data.update(source=str(data), normal_class=normal_class)
     with atomic_output(out / CHECKPOINT_FILE) as tmp:
         torch.save(model.state_dict(), tmp)
     with atomic_output(out / CONFIG_FILE) as tmp:
-        tmp.write_text(json.dumps(config, indent=2) + "\n")
+        tmp.write_text(config.to_json())
     return config
 
 
 @torch.no_grad()
-def evaluate(model: VAE, xp: torch.Tensor, likelihood: str, seed: int) -> dict[str, float]:
+def evaluate(model: VAE, xp: torch.Tensor, seed: int) -> dict[str, float]:
     """Mean -ELBO per sample (one z draw, seeded) and its two terms."""
     model.eval()
     noise = torch.Generator().manual_seed(seed + 2)
     recon_sum = kl_sum = 0.0
     for i in range(0, len(xp), EVAL_BATCH):
         xb = xp[i : i + EVAL_BATCH]
-        mu, logvar = model.encode(xb)
-        eps = torch.randn(mu.shape, generator=noise)
-        params = model.decode(model.reparameterize(mu, logvar, eps))
-        recon_sum += (
-            reconstruction_nll(xb, params, likelihood, model.observation_logvar()).sum().item()
-        )
+        params, mu, logvar = model(xb, torch.randn(len(xb), model.latent_dim, generator=noise))
+        recon_sum += model.reconstruction_nll(xb, params).sum().item()
         kl_sum += kl_divergence(mu, logvar).sum().item()
     n = len(xp)
     return {"loss": (recon_sum + kl_sum) / n, "recon": recon_sum / n, "kl": kl_sum / n}
@@ -357,7 +382,7 @@ def _prefixed(prefix: str, d: dict) -> dict:
     return {f"{prefix}_{k}": v for k, v in d.items()}
 
 
-def load_run(run_dir: str | Path) -> tuple[VAE, dict]:
+def load_run(run_dir: str | Path) -> tuple[VAE, RunConfig]:
     """Rebuild the trained model from a run directory (weights_only load: no pickle)."""
     run_dir = Path(run_dir)
     config_file, checkpoint = run_dir / CONFIG_FILE, run_dir / CHECKPOINT_FILE
@@ -366,19 +391,12 @@ def load_run(run_dir: str | Path) -> tuple[VAE, dict]:
             f"{run_dir}: not a training run (needs {CONFIG_FILE} and {CHECKPOINT_FILE})"
         )
     try:
-        config = json.loads(config_file.read_text())
+        config = RunConfig.from_dict(json.loads(config_file.read_text()), str(config_file))
     except ValueError as e:
+        if isinstance(e, InputError):
+            raise
         raise InputError(f"{config_file}: not valid JSON ({e})") from None
-    if not isinstance(config, dict) or config.get("format") != RUN_FORMAT:
-        raise InputError(f"{config_file}: not a {RUN_FORMAT} run config")
-    m = config["model"]
-    model = VAE(
-        m["input_shape"],
-        m["hidden"],
-        m["latent_dim"],
-        m.get("variance") == "learned",
-        m.get("arch", "mlp"),
-    )
+    model = config.model.build()
     try:
         state = torch.load(checkpoint, map_location="cpu", weights_only=True)
         model.load_state_dict(state)

@@ -1,0 +1,263 @@
+"""The scoring pass, runtime only: no torch, no shared data. Uses the shipped MNIST model and
+the tiny committed table bundle (tests/data/tiny_bundle, `make tiny-bundle`)."""
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnxruntime
+import pytest
+from click.testing import CliRunner
+
+from vae_edge.cli import cli
+from vae_edge.runtime import EdgeVAE, InputError, InputWarning, ScoreSettings
+from vae_edge.runtime.anomaly import write_threshold
+from vae_edge.runtime.likelihood import Bernoulli, Gaussian, bernoulli_entropy
+from vae_edge.runtime.manifest import Preprocessing, Threshold
+
+DATA = Path(__file__).parent / "data"
+TINY = DATA / "tiny_bundle"
+
+
+@pytest.fixture(scope="module")
+def tiny() -> EdgeVAE:
+    return EdgeVAE.load(TINY)
+
+
+def tiny_rows(n: int, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).standard_normal((n, 6)).astype(np.float32) * 2
+
+
+def test_runtime_tests_run_without_torch():
+    """This file is the runtime-only suite CI also runs in a `pip install .` environment."""
+    code = "import sys; sys.modules['torch'] = None; sys.modules['onnx'] = None\n" + (
+        "from vae_edge.runtime import EdgeVAE; m = EdgeVAE.load(sys.argv[1]); "
+        "print(m.score(m.sample(3, seed=0)).shape)"
+    )
+    r = subprocess.run([sys.executable, "-c", code, str(TINY)], capture_output=True, text=True)
+    assert r.returncode == 0 and r.stdout.strip() == "(3,)", r.stderr
+
+
+# -- the same numbers as before the redesign ---------------------------------------------------
+# tests/data/*_reference.npz were written by the runtime as it stood before the scoring pass
+# was rewritten (commit "Reference scores from the runtime before the scoring redesign").
+
+
+def test_shipped_model_scores_are_bit_identical_to_the_previous_runtime():
+    ref = np.load(DATA / "shipped_model_reference.npz")
+    m = EdgeVAE.load()
+    x8 = ref["x_uint8"]
+    xf = x8.astype(np.float32) * np.float32(0.99) + np.float32(1.0)
+    checked = 0
+    for name, x in (("uint8", x8), ("float", xf)):
+        for score_type in ("recon", "elbo", "iwae"):
+            for samples in (0, 1, 5):
+                if score_type == "iwae" and samples == 0:
+                    continue
+                for seed in (0, 7):
+                    got = m.score(x, samples=samples, seed=seed, score_type=score_type)
+                    np.testing.assert_array_equal(got, ref[f"{name}_{score_type}_{samples}_{seed}"])
+                    checked += 1
+        np.testing.assert_array_equal(m.feature_scores(x[:8]), ref[f"{name}_features_0"])
+        np.testing.assert_array_equal(m.feature_scores(x[:8], samples=3, seed=2),
+                                      ref[f"{name}_features_3"])  # fmt: skip
+        np.testing.assert_array_equal(m.nll_floor(x), ref[f"{name}_floor"])
+        mu, logvar = m.encode(x)
+        np.testing.assert_array_equal(mu, ref[f"{name}_mu"])
+        np.testing.assert_array_equal(logvar, ref[f"{name}_logvar"])
+    np.testing.assert_array_equal(m.reconstruct(x8[:4], seed=4), ref["reconstruct"])
+    np.testing.assert_array_equal(m.sample(4, seed=5), ref["sample"])
+    small = EdgeVAE.load(batch_size=16)
+    chunks = small.score_chunks([x8[:40], x8[40:]], samples=3, seed=9)
+    np.testing.assert_array_equal(np.concatenate(list(chunks)), ref["chunks_elbo_3"])
+    assert checked == 32
+
+
+def test_tiny_bundle_scores_are_bit_identical_to_the_previous_runtime(tiny):
+    ref = np.load(DATA / "tiny_bundle_reference.npz")
+    x = ref["x"]
+    for score_type in ("recon", "elbo", "iwae"):
+        for samples in (0, 1, 5):
+            if score_type == "iwae" and samples == 0:
+                continue
+            got = tiny.score(x, samples=samples, seed=3, score_type=score_type)
+            np.testing.assert_array_equal(got, ref[f"{score_type}_{samples}"])
+    np.testing.assert_array_equal(tiny.feature_scores(x), ref["features_0"])
+    np.testing.assert_array_equal(tiny.feature_scores(x, samples=2, seed=1), ref["features_2"])
+    np.testing.assert_array_equal(tiny.nll_floor(x), ref["floor"])
+    np.testing.assert_array_equal(tiny.sample(10, seed=1), ref["sample"])
+    np.testing.assert_array_equal(tiny.reconstruct(x[:10], seed=2), ref["reconstruct"])
+
+
+# -- one pass, typed results ------------------------------------------------------------------
+
+
+def test_score_batches_yields_typed_batches_from_one_pass(tiny):
+    x = tiny_rows(1000)
+    settings = tiny.settings(samples=2, seed=4, threshold=3.0, batch_size=100)
+    batches = list(tiny.score_batches([x[:300], x[300:]], settings, per_feature=True))
+    assert [b.start for b in batches] == [0, 50, 100, 150, 200, 250] + list(range(300, 1000, 50))
+    scores = np.concatenate([b.scores for b in batches])
+    np.testing.assert_array_equal(scores, tiny.score(x, samples=2, seed=4))
+    np.testing.assert_array_equal(np.concatenate([b.is_anomaly for b in batches]), scores > 3.0)
+    features = np.concatenate([b.feature_losses for b in batches])
+    np.testing.assert_array_equal(features, tiny.feature_scores(x, samples=2, seed=4))
+    # elbo scores with per-feature recon losses: the losses sum to the recon score
+    np.testing.assert_allclose(features.sum(1), tiny.score(x, 2, 4, "recon"), rtol=1e-5)
+
+
+def test_settings_come_from_the_call_then_the_stored_threshold_then_defaults(tmp_path):
+    bundle = tmp_path / "b"
+    shutil.copytree(TINY, bundle)
+    assert EdgeVAE.load(bundle).settings() == ScoreSettings("elbo", 0, 0, None, 1024)
+    write_threshold(bundle, Threshold(value=5.0, score_type="iwae", samples=4, seed=2))
+    model = EdgeVAE.load(bundle, batch_size=64)
+    assert model.settings() == ScoreSettings("iwae", 4, 2, 5.0, 64)
+    assert model.settings(threshold=1.5, batch_size=8) == ScoreSettings("iwae", 4, 2, 1.5, 8)
+    with pytest.warns(InputWarning, match="scoring differs from the threshold's settings"):
+        assert model.settings(samples=6).threshold == 5.0
+    x = tiny_rows(50)
+    # score() and predict() use the threshold's settings, so their numbers agree
+    np.testing.assert_array_equal(model.score(x), model.score(x, 4, 2, "iwae"))
+    np.testing.assert_array_equal(model.predict(x), model.score(x) > 5.0)
+
+
+@pytest.mark.parametrize(
+    "fields, message",
+    [
+        ({"samples": -1}, "samples must be an integer >= 0, got -1"),
+        ({"samples": 1.5}, "samples must be an integer >= 0, got 1.5"),
+        ({"score_type": "nll"}, "score_type must be one of recon, elbo, iwae, got 'nll'"),
+        ({"score_type": "iwae"}, "score_type iwae needs samples >= 1 (the k of L_k)"),
+        ({"seed": -3}, "seed must be an integer >= 0, got -3"),
+        ({"batch_size": 0}, "batch_size must be a positive integer, got 0"),
+        ({"threshold": float("nan")}, "threshold must be a finite number, got nan"),
+    ],
+)
+def test_bad_settings_are_refused_with_one_exact_line(fields, message):
+    with pytest.raises(InputError) as info:
+        ScoreSettings(**fields)
+    assert str(info.value) == message
+
+
+# -- each graph once per batch, whatever the options --------------------------------------------
+
+
+@pytest.fixture
+def graph_runs(monkeypatch):
+    """Counts InferenceSession.run calls per graph (by its first input: x or z)."""
+    counts = {"x": 0, "z": 0}
+    run = onnxruntime.InferenceSession.run
+
+    def counted(self, output_names, input_feed, *args, **kwargs):
+        counts[self.get_inputs()[0].name] += 1
+        return run(self, output_names, input_feed, *args, **kwargs)
+
+    monkeypatch.setattr(onnxruntime.InferenceSession, "run", counted)
+    return counts
+
+
+SCORE_OPTIONS = [
+    (score_type, samples, per_feature, threshold, output)
+    for score_type in ("recon", "elbo", "iwae")
+    for samples in (0, 3)
+    for per_feature in (False, True)
+    for threshold in (None, "2.5")
+    for output in (None, "s.csv", "s.jsonl", "s.npy")
+    if not (score_type == "iwae" and samples == 0) and not (per_feature and output == "s.npy")
+]
+
+
+@pytest.mark.parametrize("score_type, samples, per_feature, threshold, output", SCORE_OPTIONS)
+def test_cli_score_runs_each_graph_once_per_batch(
+    tmp_path, graph_runs, score_type, samples, per_feature, threshold, output
+):
+    x = tiny_rows(1000)
+    np.save(tmp_path / "x.npy", x)
+    args = ["score", "--model", TINY, tmp_path / "x.npy", "--batch-size", "64",
+            "--score-type", score_type, "--samples", samples]  # fmt: skip
+    args += ["--per-feature"] * per_feature + (["--threshold", threshold] if threshold else [])
+    args += ["-o", tmp_path / output] if output else []
+    result = CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    rows_per_batch = 64 // max(samples, 1)
+    batches = -(-1000 // rows_per_batch)
+    assert graph_runs == {"x": batches, "z": batches}
+
+
+def test_score_reads_chunks_once_and_each_graph_once_per_batch(tiny, graph_runs):
+    x = tiny_rows(700)
+    settings = tiny.settings(samples=0, batch_size=100)
+    list(tiny.score_batches([x], settings, per_feature=True))
+    assert graph_runs == {"x": 7, "z": 7}
+
+
+# -- writers that stream ----------------------------------------------------------------------
+
+
+def test_each_output_format_holds_the_library_numbers(tmp_path, tiny):
+    x = tiny_rows(3000)
+    np.save(tmp_path / "x.npy", x)
+    base = ["score", "--model", str(TINY), str(tmp_path / "x.npy"), "--batch-size", "256",
+            "--threshold", "4"]  # fmt: skip
+    runner = CliRunner()
+    scores, features = tiny.score(x), tiny.feature_scores(x).reshape(len(x), -1)
+    for name in ("s.csv", "s.jsonl", "s.npy"):
+        extra = [] if name == "s.npy" else ["--per-feature"]
+        r = runner.invoke(cli, [*base, *extra, "-o", str(tmp_path / name)])
+        assert r.exit_code == 0, r.output
+    np.testing.assert_array_equal(np.load(tmp_path / "s.npy"), scores)
+    lines = (tmp_path / "s.csv").read_text().splitlines()
+    assert lines[0] == "index,score,is_anomaly," + ",".join(f"feature_{j}" for j in range(6))
+    assert lines[1] == (f"0,{float(scores[0]):.9g},{int(scores[0] > 4)},"
+                        + ",".join(f"{float(v):.6g}" for v in features[0]))  # fmt: skip
+    table = np.loadtxt(tmp_path / "s.csv", delimiter=",", skiprows=1)
+    np.testing.assert_array_equal(table[:, 0], np.arange(3000))
+    np.testing.assert_allclose(table[:, 1], scores, rtol=1e-8)
+    rows = [json.loads(line) for line in (tmp_path / "s.jsonl").read_text().splitlines()]
+    assert [r["index"] for r in rows] == list(range(3000))
+    assert [r["score"] for r in rows] == scores.tolist()
+    assert [r["is_anomaly"] for r in rows] == (scores > 4).tolist()
+    assert [r["features"] for r in rows] == features.tolist()
+    stdout = runner.invoke(cli, [*base, "--per-feature"]).stdout  # CSV on stdout
+    assert stdout == (tmp_path / "s.csv").read_text()
+
+
+def test_an_empty_input_leaves_no_output_file(tmp_path):
+    np.save(tmp_path / "empty.npy", np.zeros((0, 6), np.float32))
+    for name in ("s.csv", "s.jsonl", "s.npy"):
+        r = CliRunner().invoke(cli, ["score", "--model", str(TINY), str(tmp_path / "empty.npy"),
+                                     "-o", str(tmp_path / name)])  # fmt: skip
+        assert r.exit_code != 0
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["empty.npy"]
+
+
+# -- the likelihoods ------------------------------------------------------------------------
+
+
+def test_bernoulli_floor_table_equals_computing_it():
+    lik = Bernoulli(Preprocessing(kind="scale", scale=1 / 255))
+    x = np.arange(256, dtype=np.uint8).reshape(16, 16)
+    from_table = lik.prepare(x).floor
+    computed = lik.prepare(x.astype(np.float32)).floor
+    np.testing.assert_array_equal(from_table, computed)
+    np.testing.assert_array_equal(computed, bernoulli_entropy(x * np.float32(1 / 255)))
+    with pytest.raises(InputError, match=r"must lie in \[0, 255\]"):
+        lik.prepare(np.full((1, 4), 256.0, np.float32))
+
+
+def test_gaussian_likelihood_with_fixed_and_learned_variance():
+    prep = Preprocessing(kind="standardize", mean=[0.0, 0.0], std=[1.0, 1.0])
+    x = np.array([[1.0, -2.0]], np.float32)
+    fixed, learned = Gaussian(prep, None, (2,)), Gaussian(prep, [0.0, np.log(4.0)], (2,))
+    batch = fixed.prepare(x)
+    np.testing.assert_allclose(fixed.nll(batch, np.zeros((1, 2), np.float32)), [[0.5, 2.0]])
+    np.testing.assert_allclose(learned.nll(batch, np.zeros((1, 2), np.float32)), [[0.5, 0.5]])
+    half_log_2pi = 0.5 * np.log(2 * np.pi)
+    np.testing.assert_allclose(fixed.floor(batch), [[half_log_2pi, half_log_2pi]], rtol=1e-6)
+    np.testing.assert_allclose(learned.floor(batch)[0, 1], np.log(2.0) + half_log_2pi, rtol=1e-6)
+    np.testing.assert_array_equal(fixed.mean(batch.xp), x)
+
