@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo install install-gpu test model bench bench-anomaly bench-one-class lint clean
+.PHONY: demo install install-gpu test test-runtime-only tiny-bundle model bench bench-anomaly bench-one-class lint clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -29,6 +29,24 @@ install-gpu: $(BIN)/python
 
 test: install
 	$(BIN)/python -m pytest
+	$(MAKE) test-runtime-only
+
+# The runtime's tests again, installed as a runtime-only user installs it: `pip install .`
+# (no torch, no onnx; pytest and hypothesis to run them). The checkout has no vae_edge
+# folder, so the installed package is the one tested (checked first).
+RUNTIME_VENV := .venv-runtime
+test-runtime-only:
+	rm -rf $(RUNTIME_VENV)
+	$(PYTHON) -m venv $(RUNTIME_VENV)
+	$(RUNTIME_VENV)/bin/pip install -q . 'pytest>=8' 'hypothesis>=6'
+	$(RUNTIME_VENV)/bin/python -c "import importlib.util as u; missing = [m for m in ('torch', 'onnx') if u.find_spec(m)]; assert not missing, missing"
+	$(RUNTIME_VENV)/bin/python -c "import vae_edge.runtime as r; assert '$(RUNTIME_VENV)' in r.__file__, r.__file__"
+	$(RUNTIME_VENV)/bin/python -m pytest -p no:cacheprovider tests/test_scoring.py tests/test_runtime.py
+
+# Rebuild tests/data/tiny_bundle, the few-kB table model the runtime tests use (seeded:
+# tests/test_export.py checks that it comes out the same).
+tiny-bundle: install
+	$(BIN)/python tests/make_tiny_bundle.py
 
 # The training run behind the shipped model (about 4 minutes on 2 cores).
 build/mnist-run/checkpoint.pt:
@@ -59,4 +77,4 @@ lint: install
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .
 
 clean:
-	rm -rf $(VENV) build samples.png .pytest_cache
+	rm -rf $(VENV) $(RUNTIME_VENV) build samples.png .pytest_cache

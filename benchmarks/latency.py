@@ -48,7 +48,7 @@ from vae_edge.runtime.bench import (
     summarize,
     time_calls,
 )
-from vae_edge.training.model import kl_divergence, reconstruction_nll
+from vae_edge.training.model import kl_divergence
 from vae_edge.training.train import load_run
 
 BATCH_SIZES = (1, 32, 1024, 4096)
@@ -58,18 +58,15 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 def torch_jobs(vae, edge: EdgeVAE, x: np.ndarray, n: int) -> dict:
-    """The same two jobs in PyTorch eager: the score measured from the floor, and sample."""
+    """The same two jobs in PyTorch eager: the score measured from the floor, and sample
+    (of the MNIST model: Bernoulli means scaled back to grey levels)."""
     xt = torch.from_numpy(edge.preprocess(x))
-    likelihood = edge.manifest.likelihood
     scale = edge.manifest.preprocessing.scale
 
     def score():
         with torch.inference_mode():
-            mu, logvar = vae.encode(xt)
-            nll = reconstruction_nll(xt, vae.decode(mu), likelihood, vae.observation_logvar())
-            if likelihood == "bernoulli":
-                floor = torch.nn.functional.binary_cross_entropy(xt, xt, reduction="none")
-                nll = nll - floor.flatten(1).sum(1)
+            params, mu, logvar = vae(xt)
+            nll = vae.reconstruction_nll(xt, params) - vae.nll_floor(xt)
             return (nll + kl_divergence(mu, logvar)).numpy()
 
     def sample():
@@ -113,16 +110,15 @@ def throughput(vae, bundle: Path) -> dict:
 
 TORCH_SCORE = """
 import sys, numpy as np, torch
-from vae_edge.training.model import kl_divergence, reconstruction_nll
+from vae_edge.training.model import kl_divergence
 from vae_edge.training.train import load_run
 torch.set_num_threads(1)
 vae, config = load_run(sys.argv[1])
-x = torch.from_numpy(np.load(sys.argv[2]).astype(np.float32) * config["preprocessing"]["scale"])
+x = torch.from_numpy(np.load(sys.argv[2]).astype(np.float32) * config.preprocessing["scale"])
 with torch.inference_mode():
-    mu, logvar = vae.encode(x)
-    nll = reconstruction_nll(x, vae.decode(mu), "bernoulli")
-    floor = torch.nn.functional.binary_cross_entropy(x, x, reduction="none").flatten(1).sum(1)
-    print(float((nll - floor + kl_divergence(mu, logvar))[0]))
+    params, mu, logvar = vae(x)
+    print(float((vae.reconstruction_nll(x, params) - vae.nll_floor(x)
+                 + kl_divergence(mu, logvar))[0]))
 """
 
 
@@ -264,7 +260,7 @@ def _static_qdq(bundle: Path) -> None:
 
     model = EdgeVAE.load(bundle)
     xp = model.preprocess(data_like_samples(model, 512, seed=0))
-    mu, _ = model._encode(xp)
+    mu, _ = model.bundle.run_encoder(xp)
     manifest = model.manifest.to_dict()
     for graph, name, calibration in (("encoder", "x", xp), ("decoder", "z", mu)):
         file = bundle / f"{graph}.onnx"
@@ -286,7 +282,7 @@ def design_choices(bundle: Path) -> dict:
     result = {"call": {}, "optimization_level": {}, "loss": {}}
     for n in (1, 1024):
         x = data_like_samples(model, n)
-        result["call"][f"encoder_batch_{n}"] = _call_ways(model._encoder, model.preprocess(x))
+        result["call"][f"encoder_batch_{n}"] = _call_ways(model.bundle.encoder, model.preprocess(x))
         result["optimization_level"][f"batch_{n}"] = _optimization_levels(bundle, x, model)
         result["loss"][f"batch_{n}"] = _loss_ways(model, x)
     return result
@@ -334,14 +330,14 @@ def _optimization_levels(bundle: Path, x: np.ndarray, model: EdgeVAE) -> dict:
 
 
 def _loss_ways(model: EdgeVAE, x: np.ndarray) -> dict:
-    n, xp = len(x), model.preprocess(x)
-    params = model._decode(model._encode(xp)[0])
+    n, batch = len(x), model.likelihood.prepare(x)
+    params = model.bundle.run_decoder(model.bundle.run_encoder(batch.xp)[0])
     loss = _loss_graph()
-    flat = {"l": params.reshape(n, -1), "x": xp.reshape(n, -1)}
-    floor = model._bernoulli_entropy(x, xp).reshape(n, -1)
+    flat = {"l": params.reshape(n, -1), "x": batch.xp.reshape(n, -1)}
+    floor = batch.floor.reshape(n, -1)
 
     def numpy_loss():
-        return model._elementwise_nll(x, xp, params).reshape(n, -1).sum(axis=1)
+        return model.likelihood.nll(batch, params).reshape(n, -1).sum(axis=1)
 
     def graph_loss():
         return loss.run(None, flat)[0] - floor.sum(axis=1)

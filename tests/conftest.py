@@ -21,6 +21,16 @@ def _data_dir() -> Path:
     return path
 
 
+TINY_BUNDLE = Path(__file__).parent / "data" / "tiny_bundle"
+
+
+@pytest.fixture(scope="session")
+def tiny_bundle() -> Path:
+    """A few-kB Gaussian table model committed with the tests (tests/make_tiny_bundle.py):
+    for runtime tests that need a bundle but neither torch nor the shared data."""
+    return TINY_BUNDLE
+
+
 @pytest.fixture(scope="session")
 def data_dir() -> Path:
     return _data_dir()

@@ -155,3 +155,24 @@ def test_fp16_variant_has_fp16_weights_fp32_io_and_scores_like_fp32(
         x = f["x_test"][:200]
     np.testing.assert_allclose(fp16.score(x), fp32.score(x), rtol=1e-2)  # on real digits too
     assert fp16.sample(3, seed=0).dtype == np.float32
+
+
+def test_the_committed_tiny_bundle_is_what_its_script_builds(tmp_path, tiny_bundle):
+    """tests/data/tiny_bundle comes from a seeded run (`make tiny-bundle`): the same graphs
+    byte for byte, and the same manifest but for the run's wall time."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from make_tiny_bundle import build
+
+    build(tmp_path / "tiny")
+    for graph in ("encoder.onnx", "decoder.onnx"):
+        assert (tmp_path / "tiny" / graph).read_bytes() == (tiny_bundle / graph).read_bytes()
+
+    def manifest(folder):
+        m = json.loads((folder / "vae.json").read_text())
+        del m["training"]["summary"]["seconds"]
+        return m
+
+    assert manifest(tmp_path / "tiny") == manifest(tiny_bundle)

@@ -202,9 +202,9 @@ def test_score_gives_a_score_per_row_or_the_documented_error(default_model, x):
     assert len(s) == (1 if x.shape == (28, 28) else len(x))
 
 
-def test_predict_agrees_with_score_and_the_stored_threshold(mnist_bundle, tmp_path):
+def test_predict_agrees_with_score_and_the_stored_threshold(tiny_bundle, tmp_path):
     bundle = tmp_path / "b"
-    shutil.copytree(mnist_bundle, bundle)
+    shutil.copytree(tiny_bundle, bundle)
     model = EdgeVAE.load(bundle)
     x = model.sample(40, seed=0)
     with pytest.raises(BundleError, match="no threshold"):
@@ -239,18 +239,18 @@ def _edit_manifest(bundle, change):
         (lambda d: d.update(threshold={"value": "high"}), "threshold"),
     ],
 )
-def test_a_bad_manifest_is_refused(mnist_bundle, tmp_path, change, message):
+def test_a_bad_manifest_is_refused(tiny_bundle, tmp_path, change, message):
     bundle = tmp_path / "b"
-    shutil.copytree(mnist_bundle, bundle)
+    shutil.copytree(tiny_bundle, bundle)
     _edit_manifest(bundle, change)
     with pytest.raises(BundleError) as e:
         EdgeVAE.load(bundle)
     assert message in str(e.value)
 
 
-def test_tampered_graph_and_foreign_graph_are_refused(mnist_bundle, tmp_path):
+def test_tampered_graph_and_foreign_graph_are_refused(tiny_bundle, tmp_path):
     bundle = tmp_path / "b"
-    shutil.copytree(mnist_bundle, bundle)
+    shutil.copytree(tiny_bundle, bundle)
     data = bytearray((bundle / "decoder.onnx").read_bytes())
     data[-10] ^= 0xFF
     (bundle / "decoder.onnx").write_bytes(bytes(data))

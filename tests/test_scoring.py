@@ -19,7 +19,7 @@ from vae_edge.runtime.likelihood import Bernoulli, Gaussian, bernoulli_entropy
 from vae_edge.runtime.manifest import Preprocessing, Threshold
 
 DATA = Path(__file__).parent / "data"
-TINY = DATA / "tiny_bundle"
+TINY = DATA / "tiny_bundle"  # the conftest's tiny_bundle, as a constant for parametrised CLI args
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,125 @@
+"""VAEDetector: vae-edge behind the detector convention of scikit-learn and PyOD.
+
+fit(X) trains a VAE on X (no labels: X may hold anomalies), exports it as a bundle and
+scores X with the runtime, exactly as `vae-edge train`, `export`, `calibrate` and `score`
+do; decision_function(X) gives the runtime's scores (higher = more anomalous) and
+predict(X) 0/1 at threshold_, the 1 - contamination quantile of the training scores.
+"""
+
+from __future__ import annotations
+
+import inspect
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from vae_edge.export.onnx_export import export_run
+from vae_edge.runtime import EdgeVAE
+from vae_edge.runtime.anomaly import calibrate, write_threshold
+from vae_edge.runtime.scoring import DEFAULT_SCORE_TYPE
+from vae_edge.training.train import LR, PATIENCE, TrainOptions, train
+
+
+class VAEDetector:
+    """Unsupervised anomaly detector (PyOD's interface: fit, decision_function, predict,
+    decision_scores_, threshold_, labels_). Training options as for `vae-edge train`;
+    None = chosen from the data. bundle_dir: where the exported bundle is kept (default:
+    a temporary directory that lives as long as the detector)."""
+
+    def __init__(
+        self,
+        contamination: float = 0.1,
+        *,
+        epochs: int | None = None,
+        batch_size: int = 128,
+        lr: float = LR,
+        beta: float = 1.0,
+        patience: int | None = PATIENCE,
+        latent_dim: int | None = None,
+        hidden: tuple[int, ...] | None = None,
+        likelihood: str | None = None,
+        score_type: str = DEFAULT_SCORE_TYPE,
+        samples: int = 0,
+        seed: int = 0,
+        bundle_dir: str | Path | None = None,
+    ):
+        self.contamination = contamination
+        self.epochs = epochs
+        self.batch_size = batch_size
+        self.lr = lr
+        self.beta = beta
+        self.patience = patience
+        self.latent_dim = latent_dim
+        self.hidden = hidden
+        self.likelihood = likelihood
+        self.score_type = score_type
+        self.samples = samples
+        self.seed = seed
+        self.bundle_dir = bundle_dir
+
+    def fit(self, X, y=None) -> VAEDetector:
+        """Train, export and calibrate on X (N, ...); y is ignored (unsupervised)."""
+        options = TrainOptions(
+            epochs=self.epochs, batch_size=self.batch_size, lr=self.lr, beta=self.beta,
+            patience=self.patience, latent_dim=self.latent_dim, hidden=self.hidden,
+            likelihood=self.likelihood, seed=self.seed,
+        )  # fmt: skip
+        X = np.asarray(X)
+        self._workspace = tempfile.TemporaryDirectory(prefix="vae-edge-detector-")
+        work = Path(self._workspace.name)
+        np.save(work / "train.npy", X)
+        train(str(work / "train.npy"), work / "run", options, progress=False)
+        bundle = Path(self.bundle_dir) if self.bundle_dir is not None else work / "bundle"
+        export_run(work / "run", bundle, force=True)
+        model = EdgeVAE.load(bundle)
+        threshold = calibrate(model, X, contamination=self.contamination,
+                              score_type=self.score_type, samples=self.samples,
+                              seed=self.seed)  # fmt: skip
+        write_threshold(bundle, threshold)
+        self.model_ = EdgeVAE.load(bundle)
+        self.bundle_ = bundle
+        self.threshold_ = threshold.value
+        self.decision_scores_ = self.model_.score(X)
+        self.labels_ = (self.decision_scores_ > self.threshold_).astype(int)
+        return self
+
+    def decision_function(self, X) -> np.ndarray:
+        """Anomaly score per sample (float32 nats; higher = more anomalous)."""
+        return self._fitted().score(X)
+
+    def predict(self, X) -> np.ndarray:
+        """1 where the score is above threshold_, else 0."""
+        return self._fitted().predict(X).astype(int)
+
+    def fit_predict(self, X, y=None) -> np.ndarray:
+        return self.fit(X).labels_
+
+    def get_params(self, deep: bool = True) -> dict:
+        """The constructor's arguments (scikit-learn's clone and grid search use these)."""
+        return {name: getattr(self, name) for name in _parameters()}
+
+    def set_params(self, **params) -> VAEDetector:
+        for name, value in params.items():
+            if name not in _parameters():
+                raise ValueError(f"VAEDetector has no parameter {name!r}")
+            setattr(self, name, value)
+        return self
+
+    def __repr__(self) -> str:
+        changed = {k: v for k, v in self.get_params().items() if v != _defaults()[k]}
+        return f"VAEDetector({', '.join(f'{k}={v!r}' for k, v in changed.items())})"
+
+    def _fitted(self) -> EdgeVAE:
+        if not hasattr(self, "model_"):
+            raise RuntimeError("this VAEDetector is not fitted yet; call fit(X) first")
+        return self.model_
+
+
+def _parameters() -> list[str]:
+    return [p for p in inspect.signature(VAEDetector.__init__).parameters if p != "self"]
+
+
+def _defaults() -> dict:
+    signature = inspect.signature(VAEDetector.__init__).parameters
+    return {name: signature[name].default for name in _parameters()}
