@@ -6,7 +6,8 @@ IForest (their defaults) and two plain baselines, on every ODDS set.
 Protocol (../shared/data/README.md): seeds 0, 1, 2; stratified 60/40 split; each detector
 is fitted on the training part without labels (anomalies included); AUROC and AUPRC on the
 test part; mean over seeds. vae-edge runs its real pipeline: `train` on an .npy of the
-training part, `export`, then EdgeVAE.score with its defaults (onnxruntime). Baselines:
+training part, `export`, then EdgeVAE.score with its defaults (onnxruntime), through
+VAEDetector, the same fit / decision_function interface as every other method. Baselines:
 distance from the training mean in standardised units, and PCA reconstruction error with
 half the components. Writes benchmarks/results/anomaly.{json,md}.
 """
@@ -18,7 +19,6 @@ import io
 import os
 import platform
 import sys
-import tempfile
 import time
 from importlib import metadata
 from pathlib import Path
@@ -32,9 +32,7 @@ from sklearn.decomposition import PCA
 from sklearn.metrics import average_precision_score, roc_auc_score
 from sklearn.model_selection import train_test_split
 
-from vae_edge.export.onnx_export import export_run
-from vae_edge.runtime import EdgeVAE
-from vae_edge.training.train import train
+from vae_edge.training import VAEDetector
 
 SEEDS = (0, 1, 2)
 METHODS = ("vae_edge", "pyod_vae", "pyod_iforest", "distance_from_mean", "pca_reconstruction")
@@ -43,41 +41,58 @@ SCORE_VARIANTS = (("recon", 0), ("recon", 10), ("elbo", 0), ("elbo", 1), ("elbo"
                   ("iwae", 10))  # fmt: skip
 
 
-def vae_edge(x_train, x_test, seed, tmp: Path) -> dict[str, np.ndarray]:
-    """Default settings; the default score under "vae_edge", the variants beside it."""
-    np.save(tmp / "train.npy", x_train)
-    train(str(tmp / "train.npy"), tmp / "run", seed=seed, progress=False)
-    export_run(tmp / "run", tmp / "bundle", force=True)
-    model = EdgeVAE.load(tmp / "bundle")
-    scores = {"vae_edge": model.score(x_test)}
-    for score_type, samples in SCORE_VARIANTS:
-        scores[f"{score_type}_L{samples}"] = model.score(x_test, samples, 0, score_type)
-    return scores
+class DistanceFromMean:
+    """Squared distance from the training mean in standardised units."""
+
+    def fit(self, x):
+        self.mean_, self.std_ = x.mean(0), x.std(0)
+        self.std_[self.std_ == 0] = 1
+        return self
+
+    def decision_function(self, x):
+        return np.square((x - self.mean_) / self.std_).sum(1)
 
 
-def pyod_vae(x_train, x_test, seed, tmp) -> np.ndarray:
+class PCAReconstruction(DistanceFromMean):
+    """Squared PCA reconstruction error with half the components, standardised units."""
+
+    def __init__(self, seed: int):
+        self.seed = seed
+
+    def fit(self, x):
+        super().fit(x)
+        z = (x - self.mean_) / self.std_
+        self.pca_ = PCA(n_components=max(1, x.shape[1] // 2), random_state=self.seed).fit(z)
+        return self
+
+    def decision_function(self, x):
+        z = (x - self.mean_) / self.std_
+        return np.square(z - self.pca_.inverse_transform(self.pca_.transform(z))).sum(1)
+
+
+def detectors(seed: int) -> dict:
+    """Every method behind one interface, fit(x_train) and decision_function(x_test), with
+    its defaults; vae-edge's VAEDetector trains, exports and scores as the CLI does."""
+    return {
+        "vae_edge": VAEDetector(seed=seed),
+        "pyod_vae": PyodVAE(verbose=0),
+        "pyod_iforest": IForest(random_state=seed),
+        "distance_from_mean": DistanceFromMean(),
+        "pca_reconstruction": PCAReconstruction(seed),
+    }
+
+
+def scores_of(name: str, detector, x_train, x_test) -> dict[str, np.ndarray]:
+    """The method's test scores; for vae-edge also the score variants of the same model."""
     with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
-        return PyodVAE(verbose=0).fit(x_train).decision_function(x_test)
-
-
-def pyod_iforest(x_train, x_test, seed, tmp) -> np.ndarray:
-    return IForest(random_state=seed).fit(x_train).decision_function(x_test)
-
-
-def _standardise(x_train, x_test):
-    mean, std = x_train.mean(0), x_train.std(0)
-    std[std == 0] = 1
-    return (x_train - mean) / std, (x_test - mean) / std
-
-
-def distance_from_mean(x_train, x_test, seed, tmp) -> np.ndarray:
-    return np.square(_standardise(x_train, x_test)[1]).sum(1)
-
-
-def pca_reconstruction(x_train, x_test, seed, tmp) -> np.ndarray:
-    z_train, z_test = _standardise(x_train, x_test)
-    pca = PCA(n_components=max(1, x_train.shape[1] // 2), random_state=seed).fit(z_train)
-    return np.square(z_test - pca.inverse_transform(pca.transform(z_test))).sum(1)
+        detector.fit(x_train)  # PyOD's VAE prints its epochs
+    scores = {name: detector.decision_function(x_test)}
+    if name == "vae_edge":
+        for score_type, samples in SCORE_VARIANTS:
+            scores[f"{score_type}_L{samples}"] = detector.model_.score(
+                x_test, samples, 0, score_type
+            )
+    return scores
 
 
 def main(data_dir: str | None = None) -> None:
@@ -86,7 +101,6 @@ def main(data_dir: str | None = None) -> None:
     if not files:
         sys.exit(f"no .npz files in {data_dir}")
     torch.set_num_threads(1)
-    detectors = {name: globals()[name] for name in METHODS}
     results = {}
     started = time.perf_counter()
     for file in files:
@@ -97,10 +111,8 @@ def main(data_dir: str | None = None) -> None:
             x_train, x_test, _, y_test = train_test_split(
                 x, y, test_size=0.4, stratify=y, random_state=seed
             )
-            for name, detect in detectors.items():
-                with tempfile.TemporaryDirectory() as tmp:
-                    scores = detect(x_train, x_test, seed, Path(tmp))
-                for key, s in scores.items() if isinstance(scores, dict) else [(name, scores)]:
+            for name, detector in detectors(seed).items():
+                for key, s in scores_of(name, detector, x_train, x_test).items():
                     m = per_seed.setdefault(key, {"auroc": [], "auprc": []})
                     m["auroc"].append(roc_auc_score(y_test, s))
                     m["auprc"].append(average_precision_score(y_test, s))

@@ -326,8 +326,8 @@ def evaluate(model_dir, data_path, json_path, iwae_k, seed):
     data = read_data(data_path)
     x, y = (data.x_test, data.y_test) if data.x_test is not None else (data.x, data.y)
     model = _load(model_dir, "cpu", None)
-    click.echo(f"evaluating {len(x)} samples (-L_k with k = {iwae_k})", err=True)
-    result = anomaly.likelihood_figures(model, x, k=iwae_k, seed=seed)
+    with _progress(len(x), f"-L_k, k = {iwae_k}") as bar:
+        result = anomaly.likelihood_figures(model, x, k=iwae_k, seed=seed, on_batch=bar.update)
     if y is not None and np.isin(y, (0, 1)).all():
         result |= anomaly.evaluate(model, x, y)
     elif y is not None:
@@ -373,11 +373,8 @@ def bench(model_dir, batch_sizes, threads, seconds, json_path, device):
         check_writable(json_path)
     model = _load(model_dir, device, threads)
 
-    def progress(row):
-        p50 = row["vae_edge"]["p50_us"]
-        click.echo(f"{row['job']} batch {row['batch']}: p50 {p50:.1f} us", err=True)
-
-    rows = bench_module.run(model, sizes, seconds, progress=progress)
+    with _progress(2 * len(sizes), "timing") as bar:  # score and sample at each size
+        rows = bench_module.run(model, sizes, seconds, progress=lambda row: bar.update(1))
     result = {
         "model": model.source,
         "device": device,

@@ -45,6 +45,8 @@ class ExportError(VAEEdgeError):
 
 
 class _Encoder(torch.nn.Module):
+    """vae.encode as a module of its own, for its graph (the argument names the input)."""
+
     def __init__(self, vae: VAE):
         super().__init__()
         self.vae = vae
@@ -53,11 +55,7 @@ class _Encoder(torch.nn.Module):
         return self.vae.encode(x)
 
 
-class _Decoder(torch.nn.Module):
-    def __init__(self, vae: VAE):
-        super().__init__()
-        self.vae = vae
-
+class _Decoder(_Encoder):
     def forward(self, z):
         return self.vae.decode(z)
 
@@ -301,7 +299,7 @@ def check_parity(vae: VAE, edge: EdgeVAE, seed: int = 0) -> dict[str, float]:
             # Same eps through PyTorch: z from ORT's mu/logvar so only the decoder and loss
             # differ; the encoder is compared on its own above.
             floor = vae.nll_floor(x_t)
-            score_t = (vae.reconstruction_nll(x_t, vae.decode(torch.from_numpy(eps_z))) - floor)
+            score_t = vae.reconstruction_nll(x_t, vae.decode(torch.from_numpy(eps_z))) - floor
             params, mu, logvar = vae(x_t)
             elbo_t = vae.reconstruction_nll(x_t, params) - floor + kl_divergence(mu, logvar)
         for name, a, b in (

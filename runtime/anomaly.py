@@ -17,7 +17,7 @@ from vae_edge.runtime.data import atomic_output
 from vae_edge.runtime.errors import InputError
 from vae_edge.runtime.manifest import MANIFEST_FILE, Threshold, read_manifest
 from vae_edge.runtime.model import EdgeVAE
-from vae_edge.runtime.scoring import DEFAULT_SCORE_TYPE
+from vae_edge.runtime.scoring import DEFAULT_SCORE_TYPE, ScoreSettings
 
 
 def calibrate(
@@ -97,19 +97,26 @@ def evaluate(model: EdgeVAE, x, y, threshold: float | None = None, **score_optio
     return result
 
 
-def likelihood_figures(model: EdgeVAE, x, k: int = 1000, seed: int = 0) -> dict:
+def likelihood_figures(model: EdgeVAE, x, k: int = 1000, seed: int = 0, on_batch=None) -> dict:
     """The figures the VAE literature reports, per sample in nats, averaged over x:
     neg_elbo: -ELBO with one z draw (for MNIST grey levels: the "test set loss" of the
     classic PyTorch example); neg_iwae: -L_k, the importance-weighted bound with k draws
     (Burda et al.), tighter than -ELBO; active_units: latent units u with
-    Var_x(E[z_u | x]) > 0.01 (few = posterior collapse). Noise from NumPy, seeded."""
+    Var_x(E[z_u | x]) > 0.01 (few = posterior collapse). Noise from NumPy, seeded.
+    on_batch(rows) is called as -L_k, the long part (minutes at k = 1000), advances."""
     if not isinstance(k, int) or k < 1:
         raise InputError(f"k must be a positive integer, got {k!r}")
     floor = model.nll_floor(x)  # scores are measured from it; the figures are not
     if len(floor) == 0:
         raise InputError("no samples to evaluate")
     neg_elbo = model.score(x, samples=1, seed=seed, score_type="elbo") + floor
-    neg_iwae = model.score(x, samples=k, seed=seed, score_type="iwae") + floor
+    iwae = ScoreSettings("iwae", k, seed, batch_size=model.batch_size)
+    parts = []
+    for batch in model.score_batches([x], iwae):
+        parts.append(batch.scores)
+        if on_batch:
+            on_batch(len(batch.scores))
+    neg_iwae = np.concatenate(parts) + floor
     mu, _ = model.encode(x)
     return {
         "neg_elbo": float(neg_elbo.mean(dtype=np.float64)),

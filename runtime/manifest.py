@@ -111,7 +111,8 @@ class Manifest:
         """An image that PNG can hold: (H, W), or (H, W, C) / (C, H, W) with 1 or 3
         channels."""
         shape = self.input_shape
-        return is_image_shape(shape) and (len(shape) == 2 or shape[0] in (1, 3) or shape[-1] in (1, 3))
+        channels = len(shape) == 2 or shape[0] in (1, 3) or shape[-1] in (1, 3)
+        return is_image_shape(shape) and channels
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)

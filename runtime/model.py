@@ -101,7 +101,8 @@ class EdgeVAE:
             batch_size=batch_size or self.batch_size,
         )
         how = (settings.score_type, settings.samples, settings.seed)
-        if flags and threshold is None and t is not None and how != (t.score_type, t.samples, t.seed):
+        stored_value = flags and threshold is None and t is not None
+        if stored_value and how != (t.score_type, t.samples, t.seed):
             warnings.warn(
                 "scoring differs from the threshold's settings "
                 f"({t.score_type}, samples {t.samples}, seed {t.seed}); is_anomaly may mislead",

@@ -75,7 +75,7 @@ def _columns(batch: ScoredBatch) -> tuple[list, str]:
 
 def _csv_rows(batch: ScoredBatch) -> str:
     columns, fmt = _columns(batch)
-    return "".join(fmt % row + "\n" for row in zip(*columns))
+    return "".join(fmt % row + "\n" for row in zip(*columns, strict=True))
 
 
 def _jsonl_rows(batch: ScoredBatch) -> str:

@@ -75,7 +75,9 @@ class ScoredBatch:
 def scores_at_mean(losses, mu, logvar, score_type: str) -> np.ndarray:
     """Scores from per-feature losses (n, *shape) of z = mu."""
     recon = losses.reshape(len(losses), -1).sum(axis=1, dtype=np.float32)
-    return recon if score_type == "recon" else (recon + kl_divergence(mu, logvar)).astype(np.float32)
+    if score_type == "recon":
+        return recon
+    return (recon + kl_divergence(mu, logvar)).astype(np.float32)
 
 
 def scores_over_draws(losses, mu, logvar, z, score_type: str) -> np.ndarray:

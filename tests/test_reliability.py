@@ -120,13 +120,12 @@ def bad_dir(tmp_path_factory):
 
 
 def _one_line_error(r, expected: str) -> None:
+    """Exactly `vae-edge: error: EXPECTED`, one line, where only a parenthesised detail from
+    the library that read the file (numpy, Pillow) may follow our own words."""
     assert r.returncode == 2, (r.returncode, r.stdout, r.stderr)
-    assert r.stderr == f"vae-edge: error: {expected}\n" or (
-        r.stderr.startswith("vae-edge: error: ")
-        and r.stderr.count("\n") == 1
-        and expected in r.stderr
-    ), r.stderr
-    assert "Traceback" not in r.stderr
+    assert re.fullmatch(f"vae-edge: error: {re.escape(expected)}( \\([^\n]+\\))?\n", r.stderr), (
+        r.stderr
+    )
 
 
 @pytest.mark.parametrize("name, expected", BAD_INPUT_CASES, ids=[c[0] for c in BAD_INPUT_CASES])
@@ -145,9 +144,8 @@ def test_library_raises_typed_errors_for_bad_input_files(bad_dir, name, expected
     model = EdgeVAE.load()
     with pytest.raises(InputError) as e:
         model.score(read_input(bad_dir / name))
-    message = str(e.value)
-    assert "\n" not in message
-    assert expected.split(": ", 1)[1] in message
+    ours = re.escape(expected.split(": ", 1)[1])
+    assert re.fullmatch(f"(.+: )?{ours}( \\([^\n]+\\))?", str(e.value)), str(e.value)
 
 
 def _bundle(tmp_path, source=None):
@@ -218,19 +216,19 @@ def test_bad_bundles_are_refused_by_cli_and_library(mnist_bundle, tmp_path, name
 @pytest.mark.parametrize(
     "args, expected",
     [
-        (["sample", "-n", "0", "-o", "{d}/s.png"], "'-n': 0 is not in the range x>=1"),
-        (["sample", "-n", "-4", "-o", "{d}/s.png"], "'-n': -4 is not in the range x>=1"),
-        (["score", "{d}/good.npy", "--samples", "-1"], "'--samples': -1 is not in the range x>=0"),
-        (["score", "{d}/good.npy", "--batch-size", "0"], "'--batch-size': 0 is not in the range x>=1"),
-        (["score", "{d}/good.npy", "--batch-size", "-5"], "'--batch-size': -5 is not in the range"),
-        (["score", "{d}/good.npy", "--threads", "0"], "'--threads': 0 is not in the range x>=1"),
+        (["sample", "-n", "0", "-o", "{d}/s.png"], "Invalid value for '-n': 0 is not in the range x>=1."),
+        (["sample", "-n", "-4", "-o", "{d}/s.png"], "Invalid value for '-n': -4 is not in the range x>=1."),
+        (["score", "{d}/good.npy", "--samples", "-1"], "Invalid value for '--samples': -1 is not in the range x>=0."),
+        (["score", "{d}/good.npy", "--batch-size", "0"], "Invalid value for '--batch-size': 0 is not in the range x>=1."),
+        (["score", "{d}/good.npy", "--batch-size", "-5"], "Invalid value for '--batch-size': -5 is not in the range x>=1."),
+        (["score", "{d}/good.npy", "--threads", "0"], "Invalid value for '--threads': 0 is not in the range x>=1."),
         (["score", "{d}/good.npy", "-o", "{d}/nowhere/s.csv"],
          "{d}/nowhere/s.csv: directory {d}/nowhere does not exist"),
         (["sample", "-n", "2", "-o", "{d}/nowhere/s.npy"],
          "{d}/nowhere/s.npy: directory {d}/nowhere does not exist"),
         (["score", "{d}/good.npy", "-o", "{ro}/s.csv"], "{ro}/s.csv: cannot write in {ro}"),
         (["sample", "-n", "2", "-o", "{ro}/s.png"], "{ro}/s.png: cannot write in {ro}"),
-        (["sample", "-n", "2", "-o", "{d}/s.gif"], "output must end in .png or .npy"),
+        (["sample", "-n", "2", "-o", "{d}/s.gif"], "Invalid value for -o: {d}/s.gif: output must end in .png or .npy"),
         (["export", "{d}", "--out", "{d}/b", "--quantize", "int8", "--fp16"],
          "--quantize and --fp16 exclude each other; choose one"),
     ],
@@ -436,7 +434,9 @@ def test_scoring_two_million_rows_to_csv_keeps_memory_bounded_with_per_feature(
         args = ["score", "--model", tiny_bundle, tmp_path / "big.csv", "-o", out]
         peaks[flag] = _peak_rss_mib(*args, *([flag] if flag else []))
         with open(out, "rb") as f:
-            assert sum(block.count(b"\n") for block in iter(lambda: f.read(1 << 24), b"")) == rows + 1
+            assert (
+                sum(block.count(b"\n") for block in iter(lambda: f.read(1 << 24), b"")) == rows + 1
+            )
         with open(out) as f:
             header = f.readline().strip()
         assert header == "index,score" + "".join(f",feature_{j}" for j in range(6)) * bool(flag)

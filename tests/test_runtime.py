@@ -100,7 +100,10 @@ def test_samples_zero_scores_deterministically_with_z_equal_mu(default_model):
     s0 = default_model.score(x, samples=0, seed=1, score_type="recon")
     assert np.array_equal(s0, default_model.score(x, samples=0, seed=99, score_type="recon"))
     mu, _ = default_model.encode(x)
-    xp, logits = default_model.preprocess(x).astype(np.float64), default_model.bundle.run_decoder(mu)
+    xp, logits = (
+        default_model.preprocess(x).astype(np.float64),
+        default_model.bundle.run_decoder(mu),
+    )
     bce = (np.logaddexp(0, logits) - xp * logits).sum(axis=(1, 2))  # BCE with logits
     with np.errstate(divide="ignore", invalid="ignore"):
         entropy = -np.nan_to_num(xp * np.log(xp) + (1 - xp) * np.log(1 - xp)).sum(axis=(1, 2))

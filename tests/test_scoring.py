@@ -260,4 +260,3 @@ def test_gaussian_likelihood_with_fixed_and_learned_variance():
     np.testing.assert_allclose(fixed.floor(batch), [[half_log_2pi, half_log_2pi]], rtol=1e-6)
     np.testing.assert_allclose(learned.floor(batch)[0, 1], np.log(2.0) + half_log_2pi, rtol=1e-6)
     np.testing.assert_array_equal(fixed.mean(batch.xp), x)
-

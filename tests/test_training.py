@@ -243,3 +243,43 @@ def test_default_length_and_size_for_images_and_tables():
     assert default_epochs(1_000, 128) == 63  # 500 steps
     assert default_architecture((28, 28)) == ((512, 256), 32)
     assert default_architecture((21,)) == ((64,), 10)
+
+
+def test_vae_detector_follows_the_pyod_convention(tmp_path):
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from make_tiny_bundle import tiny_table
+
+    from vae_edge.runtime import EdgeVAE
+    from vae_edge.runtime.anomaly import roc_auc
+    from vae_edge.training import VAEDetector
+
+    normal = tiny_table(1000, seed=1)
+    outliers = np.random.default_rng(2).uniform(-8, 8, (50, 6)).astype(np.float32)
+    x, y = np.concatenate([normal, outliers]), np.r_[np.zeros(1000), np.ones(50)]
+    detector = VAEDetector(contamination=0.05, epochs=20, bundle_dir=tmp_path / "bundle")
+    with pytest.raises(RuntimeError, match="not fitted yet"):
+        detector.predict(x)
+    assert detector.fit(x) is detector
+    assert detector.decision_scores_.shape == (1050,)
+    assert detector.threshold_ == pytest.approx(np.quantile(detector.decision_scores_, 0.95))
+    assert set(np.unique(detector.labels_)) == {0, 1} and detector.labels_.mean() == pytest.approx(
+        0.05, abs=0.002
+    )
+    assert roc_auc(y, detector.decision_scores_) > 0.95  # the outliers are far off
+    # The bundle it leaves is a normal bundle with the threshold: the CLI and runtime agree.
+    model = EdgeVAE.load(tmp_path / "bundle")
+    assert model.threshold == detector.threshold_
+    np.testing.assert_array_equal(detector.decision_function(x[:7]), model.score(x[:7]))
+    np.testing.assert_array_equal(detector.predict(x), model.predict(x).astype(int))
+    assert detector.predict(x).dtype.kind == "i"
+    params = detector.get_params()
+    assert params["contamination"] == 0.05 and params["epochs"] == 20
+    clone = VAEDetector(**params)
+    assert clone.get_params() == params
+    assert clone.set_params(seed=3).seed == 3
+    with pytest.raises(ValueError, match="no parameter 'depth'"):
+        clone.set_params(depth=2)
+    assert repr(VAEDetector(contamination=0.2)) == "VAEDetector(contamination=0.2)"

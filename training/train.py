@@ -249,7 +249,8 @@ def fit(
                                hidden=not shown) as bar:  # fmt: skip
             for idx in bar:
                 xb = x_fit[idx]
-                params, mu, logvar = model(xb, torch.randn(len(xb), model.latent_dim, generator=noise))
+                eps = torch.randn(len(xb), model.latent_dim, generator=noise)
+                params, mu, logvar = model(xb, eps)
                 recon, kl = model.reconstruction_nll(xb, params), kl_divergence(mu, logvar)
                 step += 1
                 kl_weight = o.beta * min(1.0, step / warmup_steps) if warmup_steps else o.beta
