@@ -240,26 +240,17 @@ def fit(
     best, best_state = None, None
     for epoch in range(1, epochs + 1):
         t0 = time.perf_counter()
-        model.train()
-        totals = np.zeros(2)  # reconstruction and KL, summed over the epoch's samples
-        perm = torch.randperm(len(x_fit), generator=shuffle)
-        batches = [perm[i : i + o.batch_size] for i in range(0, len(x_fit), o.batch_size)]
+        shuffled = torch.randperm(len(x_fit), generator=shuffle)
+        batches = [shuffled[i : i + o.batch_size] for i in range(0, len(x_fit), o.batch_size)]
         shown = progress and sys.stderr.isatty()
         with click.progressbar(batches, label=f"epoch {epoch}/{epochs}", file=sys.stderr,
                                hidden=not shown) as bar:  # fmt: skip
+            totals = np.zeros(2)  # reconstruction and KL, summed over the epoch's samples
             for idx in bar:
-                xb = x_fit[idx]
-                eps = torch.randn(len(xb), model.latent_dim, generator=noise)
-                params, mu, logvar = model(xb, eps)
-                recon, kl = model.reconstruction_nll(xb, params), kl_divergence(mu, logvar)
                 step += 1
                 kl_weight = o.beta * min(1.0, step / warmup_steps) if warmup_steps else o.beta
-                loss = (recon + kl_weight * kl).mean()
-                optimizer.zero_grad()
-                loss.backward()
-                optimizer.step()
+                totals += train_step(model, x_fit[idx], kl_weight, optimizer, noise)
                 schedule.step()
-                totals += [recon.sum().item(), kl.sum().item()]
         entry = {"epoch": epoch, "train_loss": float(totals.sum() / len(x_fit)),
                  "train_recon": float(totals[0] / len(x_fit)),
                  "train_kl": float(totals[1] / len(x_fit))}  # fmt: skip
@@ -299,6 +290,20 @@ def fit(
         summary=summary,
     )
     return model.eval(), config
+
+
+def train_step(model: VAE, xb: torch.Tensor, kl_weight: float, optimizer, noise) -> list:
+    """One optimizer step on the batch xb: loss = reconstruction + kl_weight * KL, mean over
+    the batch. Returns the batch's summed reconstruction and KL."""
+    model.train()
+    eps = torch.randn(len(xb), model.latent_dim, generator=noise)
+    params, mu, logvar = model(xb, eps)
+    recon, kl = model.reconstruction_nll(xb, params), kl_divergence(mu, logvar)
+    loss = (recon + kl_weight * kl).mean()
+    optimizer.zero_grad()
+    loss.backward()
+    optimizer.step()
+    return [recon.sum().item(), kl.sum().item()]
 
 
 def _model_config(x: np.ndarray, o: TrainOptions) -> tuple[ModelConfig, Preprocessing]:
