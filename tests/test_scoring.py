@@ -260,3 +260,50 @@ def test_gaussian_likelihood_with_fixed_and_learned_variance():
     np.testing.assert_allclose(fixed.floor(batch), [[half_log_2pi, half_log_2pi]], rtol=1e-6)
     np.testing.assert_allclose(learned.floor(batch)[0, 1], np.log(2.0) + half_log_2pi, rtol=1e-6)
     np.testing.assert_array_equal(fixed.mean(batch.xp), x)
+
+
+# -- progress: a bar on a terminal, nothing when piped -------------------------------------------
+
+
+def _run_in_terminal(*args) -> str:
+    """Run `vae-edge ARGS` with stdout and stderr on a pseudo-terminal; what it showed."""
+    import os
+    import pty
+
+    parent, child = pty.openpty()
+    proc = subprocess.Popen([sys.executable, "-m", "vae_edge.cli", *map(str, args)],
+                            stdin=subprocess.DEVNULL, stdout=child, stderr=child)  # fmt: skip
+    os.close(child)
+    shown = b""
+    while True:
+        try:
+            data = os.read(parent, 65536)
+        except OSError:  # the child closed the terminal
+            break
+        if not data:
+            break
+        shown += data
+    assert proc.wait(timeout=120) == 0, shown
+    os.close(parent)
+    return shown.decode(errors="replace")
+
+
+@pytest.mark.parametrize(
+    "args, label",
+    [
+        (["score", "--model", TINY, "{x}", "-o", "{d}/s.csv"], "scoring"),
+        (["evaluate", "--model", TINY, "--data", "{xy}", "--iwae-k", "5"], "-L_k, k = 5"),
+        (["bench", "--model", TINY, "--batch-sizes", "1", "--seconds", "0.1"], "timing"),
+    ],
+)
+def test_long_commands_show_progress_on_a_terminal_and_nothing_when_piped(tmp_path, args, label):
+    x = tiny_rows(5000)
+    np.save(tmp_path / "x.npy", x)
+    np.savez(tmp_path / "xy.npz", x=x, y=(np.arange(5000) % 10 == 0).astype(int))
+    fill = {"x": tmp_path / "x.npy", "xy": tmp_path / "xy.npz", "d": tmp_path}
+    args = [str(a).format(**fill) for a in args]
+    shown = _run_in_terminal(*args)
+    assert label in shown and "100%" in shown, shown
+    piped = subprocess.run([sys.executable, "-m", "vae_edge.cli", *args],
+                           capture_output=True, text=True)  # fmt: skip
+    assert piped.returncode == 0 and piped.stderr == "", piped.stderr
