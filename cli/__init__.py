@@ -59,7 +59,8 @@ def cli():
 @click.option(
     "--epochs",
     type=click.IntRange(min=1),
-    help="Most epochs. Default: at least 10, and at least 500 optimizer steps (10,000 for images).",
+    help="Most epochs. Default: at least 10, and at least 4,000 optimizer steps (10,000 for "
+    "images).",
 )
 @click.option("--batch-size", type=click.IntRange(min=1), default=128, show_default=True)
 @click.option(
@@ -96,6 +97,12 @@ def cli():
     "--variance",
     type=click.Choice(["learned", "fixed"]),
     help="Gaussian variance per feature: learned (default) or fixed at 1.",
+)
+@click.option(
+    "--trim",
+    type=click.FloatRange(0, 1, max_open=True),
+    help="Share of each batch, highest loss first, left out of the training loss (robustness "
+    "to anomalies in the training data). Default: 0.25 for tables, 0 for images.",
 )
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
 @click.option(

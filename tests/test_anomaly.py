@@ -25,12 +25,14 @@ def cardio_copy(cardio_bundle, tmp_path):
 
 
 def test_tabular_defaults_learn_a_gaussian_variance_per_feature(cardio_bundle):
+    from vae_edge.training.train import MIN_STEPS, TRIM
+
     m = EdgeVAE.load(cardio_bundle).manifest
     assert m.likelihood == "gaussian" and len(m.observation_logvar) == 21
     assert len(set(m.observation_logvar)) > 1  # learned, not all equal
     options, data = m.training["options"], m.training["data"]
     steps = options["epochs"] * -(-data["n_train"] // options["batch_size"])
-    assert options["epochs"] >= 10 and steps >= 500
+    assert options["epochs"] >= 10 and steps >= MIN_STEPS and options["trim"] == TRIM
 
 
 def test_elbo_is_reconstruction_plus_closed_form_kl(cardio, cardio_bundle):

@@ -240,9 +240,47 @@ def test_default_length_and_size_for_images_and_tables():
 
     assert default_epochs(54_000, 128, image=True) == 24  # 10,000 steps
     assert default_epochs(54_000, 128) == 10
-    assert default_epochs(1_000, 128) == 63  # 500 steps
+    assert default_epochs(1_000, 128) == 500  # 4,000 steps
+    assert default_epochs(1_000, 128, min_steps=500) == 63
     assert default_architecture((28, 28)) == ((512, 256), 32)
     assert default_architecture((21,)) == ((64,), 10)
+
+
+def test_trimmed_loss_ignores_the_highest_loss_samples():
+    from vae_edge.training.model import VAE
+    from vae_edge.training.train import train_step
+
+    rng = np.random.default_rng(0)
+    batch = torch.from_numpy(rng.normal(size=(8, 5)).astype(np.float32))
+
+    def step_with_outliers(scale, trim):
+        """Parameters after one step on the batch with its last two rows times `scale`."""
+        torch.manual_seed(0)
+        model = VAE((5,), (16,), 2, learn_variance=True)
+        xb = batch.clone()
+        xb[-2:] *= scale
+        optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+        train_step(model, xb, 1.0, optimizer, torch.Generator().manual_seed(1), trim)
+        return torch.cat([p.detach().flatten() for p in model.parameters()])
+
+    # Trimming a quarter of 8 rows leaves the two outliers out: how far off they are
+    # does not change the step; without trimming it does.
+    assert torch.equal(step_with_outliers(50.0, 0.25), step_with_outliers(500.0, 0.25))
+    assert not torch.equal(step_with_outliers(50.0, 0.0), step_with_outliers(500.0, 0.0))
+
+
+def test_trim_defaults_to_tables_only_and_is_checked(mnist_small):
+    from vae_edge.training.train import TRIM, fit
+
+    table = np.random.default_rng(0).normal(size=(100, 4)).astype(np.float32)
+    assert fit(table, epochs=1)[1].training["trim"] == TRIM > 0
+    assert fit(table, epochs=1, trim=0.1)[1].training["trim"] == 0.1
+    with np.load(mnist_small) as f:
+        images = f["x_train"][:100]
+    assert fit(images, epochs=1, hidden=(16,), latent_dim=2)[1].training["trim"] == 0
+    for bad in (1.0, -0.1):
+        with pytest.raises(InputError, match=f"trim must be in \\[0, 1\\), got {bad}"):
+            fit(table, trim=bad)
 
 
 def test_vae_detector_follows_the_pyod_convention(tmp_path):

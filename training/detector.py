@@ -39,6 +39,7 @@ class VAEDetector:
         latent_dim: int | None = None,
         hidden: tuple[int, ...] | None = None,
         likelihood: str | None = None,
+        trim: float | None = None,
         score_type: str = DEFAULT_SCORE_TYPE,
         samples: int = 0,
         seed: int = 0,
@@ -53,6 +54,7 @@ class VAEDetector:
         self.latent_dim = latent_dim
         self.hidden = hidden
         self.likelihood = likelihood
+        self.trim = trim
         self.score_type = score_type
         self.samples = samples
         self.seed = seed
@@ -63,7 +65,7 @@ class VAEDetector:
         options = TrainOptions(
             epochs=self.epochs, batch_size=self.batch_size, lr=self.lr, beta=self.beta,
             patience=self.patience, latent_dim=self.latent_dim, hidden=self.hidden,
-            likelihood=self.likelihood, seed=self.seed,
+            likelihood=self.likelihood, trim=self.trim, seed=self.seed,
         )  # fmt: skip
         X = np.asarray(X)
         self._workspace = tempfile.TemporaryDirectory(prefix="vae-edge-detector-")
