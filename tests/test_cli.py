@@ -208,3 +208,14 @@ def test_bench_reports_each_contenders_own_times_and_their_ratio(monkeypatch):
         assert row["vae_edge"]["p50_us"] == 0.3 and row["bare_ort"]["p50_us"] == 0.1
         assert row["vae_edge_over_bare"] == pytest.approx(3.0)
         assert row["vae_edge"]["samples_per_s"] == pytest.approx(row["batch"] / 0.3e-6)
+
+
+def test_train_trim_reaches_the_run_config_and_is_range_checked(tmp_path):
+    x = np.random.default_rng(0).normal(size=(200, 4)).astype(np.float32)
+    np.save(tmp_path / "t.npy", x)
+    r = run_cli("train", "--data", tmp_path / "t.npy", "--out", tmp_path / "run", "--epochs",
+                "1", "--trim", "0.1", "--quiet")  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["training"]["trim"] == 0.1
+    r = run_cli("train", "--data", tmp_path / "t.npy", "--out", tmp_path / "bad", "--trim", "1")
+    assert r.returncode == 2 and "--trim" in r.stderr and not (tmp_path / "bad").exists()
