@@ -53,6 +53,13 @@ def choice(trim: float, min_steps: int) -> str:
     return f"trim {trim:g}, {min_steps} steps"
 
 
+def default_choice() -> str:
+    """The design choice that vae-edge's defaults make (imported late: it loads torch)."""
+    from vae_edge.training.train import MIN_STEPS, TRIM
+
+    return choice(TRIM, MIN_STEPS)
+
+
 class DistanceFromMean:
     """Squared distance from the training mean in standardised units."""
 
@@ -92,8 +99,7 @@ def detectors(seed: int, n_train: int) -> dict:
     from pyod.models.vae import VAE as PyodVAE
 
     from vae_edge.training import VAEDetector
-    from vae_edge.training.train import MIN_STEPS as DEFAULT_STEPS
-    from vae_edge.training.train import TRIM, TrainOptions, default_epochs
+    from vae_edge.training.train import TrainOptions, default_epochs
 
     n_fit = n_train - round(n_train * TrainOptions().val_fraction)
     batch_size = TrainOptions().batch_size
@@ -105,7 +111,7 @@ def detectors(seed: int, n_train: int) -> dict:
         "pca_reconstruction": PCAReconstruction(seed),
     }
     for trim, steps in CHOICES:
-        if (trim, steps) != (TRIM, DEFAULT_STEPS):
+        if choice(trim, steps) != default_choice():
             epochs = default_epochs(n_fit, batch_size, min_steps=steps)
             found[choice(trim, steps)] = VAEDetector(seed=seed, trim=trim, epochs=epochs)
     return found
@@ -146,9 +152,6 @@ def run_split(job) -> tuple[str, int, dict]:
     from sklearn.metrics import average_precision_score, roc_auc_score
     from sklearn.model_selection import train_test_split
 
-    from vae_edge.training.train import MIN_STEPS as DEFAULT_STEPS
-    from vae_edge.training.train import TRIM
-
     torch.set_num_threads(1)  # two splits run at once on two cores
     with np.load(file) as f:
         x, y = f["x"].astype(np.float32), f["y"]
@@ -161,7 +164,7 @@ def run_split(job) -> tuple[str, int, dict]:
             detector.fit(x_train)  # PyOD's VAE prints its epochs
         scores[name] = detector.decision_function(x_test)
         if name == "vae_edge":
-            scores[choice(TRIM, DEFAULT_STEPS)] = scores[name]
+            scores[default_choice()] = scores[name]
             scores |= levers(seed, detector, x_train, x_test)
             for score_type, samples in SCORE_VARIANTS:
                 key = f"{score_type}_L{samples}"
@@ -256,11 +259,8 @@ def write(results: dict, seconds: float) -> None:
     for s in sets:
         lines.append(row(s, [f"{results[s][m]['auprc']:.3f}" for m in METHODS]))
 
-    from vae_edge.training.train import MIN_STEPS as DEFAULT_STEPS
-    from vae_edge.training.train import TRIM
-
     grid = [choice(t, s) for t, s in CHOICES]
-    default = choice(TRIM, DEFAULT_STEPS)
+    default = default_choice()
 
     def auroc_table(title, names, keys, baseline=None, baseline_name=""):
         """Per-set AUROC of the keys, their mean, wins over IForest (and over baseline)."""
