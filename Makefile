@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo install install-gpu test test-runtime-only tiny-bundle model bench bench-anomaly bench-one-class lint clean
+.PHONY: demo install install-gpu test test-runtime-only tiny-bundle model bench bench-anomaly bench-one-class compat lint clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -31,14 +31,18 @@ test: install
 	$(BIN)/python -m pytest
 	$(MAKE) test-runtime-only
 
-# The runtime's tests again, installed as a runtime-only user installs it: `pip install .`
-# (no torch, no onnx; pytest and hypothesis to run them). The checkout has no vae_edge
-# folder, so the installed package is the one tested (checked first).
+# The runtime's tests again, installed as a runtime-only user on a device with an old
+# onnxruntime installs it: `pip install .` beside the oldest onnxruntime supported, with the
+# NumPy 1 it was built for (no torch, no onnx; pytest and hypothesis to run them). The
+# tests above ran on the newest. The checkout has no vae_edge folder, so the installed
+# package is the one tested (checked first).
 RUNTIME_VENV := .venv-runtime
+OLDEST_ONNXRUNTIME := 1.15.1
 test-runtime-only:
 	rm -rf $(RUNTIME_VENV)
 	$(PYTHON) -m venv $(RUNTIME_VENV)
-	$(RUNTIME_VENV)/bin/pip install -q . 'pytest>=8' 'hypothesis>=6'
+	$(RUNTIME_VENV)/bin/pip install -q . 'onnxruntime==$(OLDEST_ONNXRUNTIME)' 'numpy<2' 'pytest>=8' 'hypothesis>=6'
+	$(RUNTIME_VENV)/bin/python -c "import onnxruntime as o; assert o.__version__ == '$(OLDEST_ONNXRUNTIME)', o.__version__"
 	$(RUNTIME_VENV)/bin/python -c "import importlib.util as u; missing = [m for m in ('torch', 'onnx') if u.find_spec(m)]; assert not missing, missing"
 	$(RUNTIME_VENV)/bin/python -c "import vae_edge.runtime as r; assert '$(RUNTIME_VENV)' in r.__file__, r.__file__"
 	$(RUNTIME_VENV)/bin/python -m pytest -p no:cacheprovider tests/test_scoring.py tests/test_runtime.py
@@ -73,6 +77,12 @@ bench-anomaly: install
 # One-class MNIST: a model per digit, AUROC on the whole test set (about 7 minutes).
 bench-one-class: install
 	$(BIN)/python benchmarks/one_class.py
+
+# Which onnxruntime releases load the bundles (shipped, MLP and conv, fp32/int8/fp16) and
+# give the same numbers: 1.15.1, 1.20.1 and 1.32.0 in throwaway venvs, no torch there
+# (about 5 minutes); writes benchmarks/results/compat.{json,md}.
+compat: install
+	$(BIN)/python benchmarks/compat.py
 
 lint: install
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .

@@ -431,9 +431,8 @@ def info(model_dir, verify):
         f"preprocessing {m.preprocessing.kind}",
         f"likelihood    {m.likelihood} (decoder emits {m.decoder_output})",
         f"latent_dim    {m.latent_dim}",
-        f"encoder.onnx  sha256 {m.encoder.sha256}",
-        f"decoder.onnx  sha256 {m.decoder.sha256}",
-        f"exporter      {m.exporter}, opset {m.opset}",
+        *(f"{g.file:<13} sha256 {g.sha256}, {_ir_and_opset(g)}" for g in (m.encoder, m.decoder)),
+        f"exporter      {m.exporter}",
         "parity        "
         + ", ".join(
             f"{k.removeprefix('max_abs_diff_')} {v:.2e}"
@@ -451,6 +450,16 @@ def info(model_dir, verify):
         lines.append(f"test loss     {s['test_loss']:.2f} nats/sample")
     lines.append(f"providers     {', '.join(onnxruntime.get_available_providers())}")
     click.echo("\n".join(lines))
+
+
+def _ir_and_opset(graph) -> str:
+    from vae_edge.runtime.bundle import required_onnxruntime
+
+    if graph.ir_version is None:
+        return "IR version and opset not recorded"
+    needed = required_onnxruntime(graph.ir_version, graph.opset)
+    release = f">= {'.'.join(map(str, needed))}" if needed else "newer than any measured"
+    return f"IR {graph.ir_version}, opset {graph.opset}: onnxruntime {release}"
 
 
 def _train_extra(module: str):

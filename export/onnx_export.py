@@ -3,7 +3,9 @@
 Export is not done until it is validated: both graphs are checked (onnx.checker, no random
 op, symbolic batch dimension) and run under onnxruntime through the runtime's own loader
 against PyTorch at several batch sizes; the end-to-end score is compared with the same eps.
-The bundle is built in a temporary directory and moved into place only if every check passes.
+Each graph is then lowered to the lowest opset and IR version it can have, so that older
+onnxruntimes load it, and the same checks run again on the lowered graphs. The bundle is
+built in a temporary directory and moved into place only if every check passes.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import numpy as np
 import onnx
 import onnxruntime
 import torch
+from onnx import version_converter
 
 from vae_edge.runtime.bench import data_like_samples
 from vae_edge.runtime.data import umask
@@ -32,8 +35,10 @@ from vae_edge.runtime.scoring import draw_latents
 from vae_edge.training.model import VAE, kl_divergence
 from vae_edge.training.train import RunConfig, load_run
 
-OPSET = 18
-EXPORTER = f"torch.onnx.export(dynamo=True, opset_version={OPSET})"
+OPSET = 18  # what the exporter writes; lower() then takes each graph as low as it goes
+EXPORTER = (
+    f"torch.onnx.export(dynamo=True, opset_version={OPSET}), lowered by onnx.version_converter"
+)
 PARITY_BATCHES = (1, 2, 3, 64)
 RTOL, ATOL = 1e-4, 1e-5
 RANDOM_OPS = {"RandomNormal", "RandomNormalLike", "RandomUniform", "RandomUniformLike",
@@ -100,14 +105,13 @@ def export_run(
 def _build(vae: VAE, config: RunConfig, folder: Path) -> Manifest:
     m = config.model
     shape = tuple(m.input_shape)
-    graphs = {}
-    for name, module, example, inputs, outputs in (
-        ("encoder", _Encoder(vae), torch.rand(2, *shape), ["x"], ["mu", "logvar"]),
-        ("decoder", _Decoder(vae), torch.randn(2, m.latent_dim), ["z"], ["x"]),
-    ):
-        file = folder / f"{name}.onnx"
-        _export_graph(module, example, file, inputs, outputs)
-        graphs[name] = Graph(file.name, _sha256(file), inputs, outputs)
+    signatures = {"encoder": (["x"], ["mu", "logvar"]), "decoder": (["z"], ["x"])}
+    examples = {"encoder": (_Encoder(vae), torch.rand(2, *shape)),
+                "decoder": (_Decoder(vae), torch.randn(2, m.latent_dim))}  # fmt: skip
+    exported = {
+        name: _export_graph(*examples[name], f"{name}.onnx", *signatures[name])
+        for name in signatures
+    }
     versions = {
         "vae_edge": _version("vae-edge"),
         "torch": torch.__version__,
@@ -124,12 +128,8 @@ def _build(vae: VAE, config: RunConfig, folder: Path) -> Manifest:
         "preprocessing": config.preprocessing,
         "likelihood": m.likelihood,
         "latent_dim": m.latent_dim,
-        "encoder": graphs["encoder"].__dict__,
-        "decoder": graphs["decoder"].__dict__,
-        "opset": OPSET,
         "exporter": EXPORTER,
         "versions": versions,
-        "parity": {},
         "training": {
             "model": {"arch": m.arch, "hidden": m.hidden},
             "data": config.data,
@@ -139,12 +139,53 @@ def _build(vae: VAE, config: RunConfig, folder: Path) -> Manifest:
         "threshold": None,
         "observation_logvar": _observation_logvar(vae),
     }
+    # The gate at the exporter's opset, then again at the lowered one: a converter bug
+    # shows as a parity failure of the lowered graphs, not as wrong scores on a device.
+    _write_bundle(vae, folder, exported, signatures, manifest_dict)
+    lowered = {name: lower(model, f"{name}.onnx") for name, model in exported.items()}
+    return _write_bundle(vae, folder, lowered, signatures, manifest_dict)
+
+
+def _write_bundle(vae, folder: Path, models: dict, signatures: dict, manifest_dict) -> Manifest:
+    """Save the graphs and the manifest into `folder`, then run the parity gate on them."""
+    for name, model in models.items():
+        file = folder / f"{name}.onnx"
+        onnx.save_model(model, str(file))
+        manifest_dict[name] = _graph_entry(file, model, *signatures[name])
+    manifest_dict["parity"] = {}
+    (folder / MANIFEST_FILE).write_text(Manifest.from_dict(manifest_dict).to_json())
+    manifest_dict["parity"] = check_parity(vae, EdgeVAE.load(folder))
     manifest = Manifest.from_dict(manifest_dict)
     (folder / MANIFEST_FILE).write_text(manifest.to_json())
-    parity = check_parity(vae, EdgeVAE.load(folder))
-    manifest = Manifest.from_dict(manifest_dict | {"parity": parity})
-    (folder / MANIFEST_FILE).write_text(manifest.to_json())
     return manifest
+
+
+def _graph_entry(file: Path, model: onnx.ModelProto, inputs, outputs) -> dict:
+    opset = next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
+    return Graph(file.name, _sha256(file), inputs, outputs, model.ir_version, opset).__dict__
+
+
+def lower(model: onnx.ModelProto, name: str) -> onnx.ModelProto:
+    """The graph at the lowest opset onnx.version_converter takes it to, one opset at a time
+    until a step is refused (no adapter, or the checker rejects the result), with the lowest
+    IR version that its opsets allow. The MLP and conv graphs reach opset 14 and IR 7
+    (Reshape has no adapter from 14 to 13), which onnxruntime has loaded since 1.8; the
+    exporter's IR 10 needs 1.18."""
+    lowest = _with_min_ir_version(model)
+    for opset in range(OPSET - 1, 6, -1):
+        try:
+            lower_model = _with_min_ir_version(version_converter.convert_version(lowest, opset))
+            onnx.checker.check_model(lower_model, full_check=True)
+        except (RuntimeError, ValueError, onnx.checker.ValidationError):
+            break
+        lowest = lower_model
+    _check_graph(lowest, name)
+    return lowest
+
+
+def _with_min_ir_version(model: onnx.ModelProto) -> onnx.ModelProto:
+    model.ir_version = onnx.helper.find_min_ir_version_for(model.opset_import)
+    return model
 
 
 def _observation_logvar(vae: VAE) -> list[float] | None:
@@ -166,7 +207,7 @@ def _quiet_logging():
         logging.disable(previous)
 
 
-def _export_graph(module, example, file: Path, inputs, outputs) -> None:
+def _export_graph(module, example, name: str, inputs, outputs) -> onnx.ModelProto:
     batch = torch.export.Dim("batch", min=1)
     with _quiet_logging():
         program = torch.onnx.export(
@@ -188,19 +229,19 @@ def _export_graph(module, example, file: Path, inputs, outputs) -> None:
         del node.metadata_props[:]
         node.doc_string = ""
     del model.graph.metadata_props[:]
-    onnx.save_model(model, str(file))
-    _check_graph(model, file)
+    _check_graph(model, name)
+    return model
 
 
-def _check_graph(model: onnx.ModelProto, file: Path) -> None:
+def _check_graph(model: onnx.ModelProto, name: str) -> None:
     onnx.checker.check_model(model, full_check=True)
     random = sorted({n.op_type for n in model.graph.node} & RANDOM_OPS)
     if random:
-        raise ExportError(f"{file.name}: graph contains random ops {random}")
+        raise ExportError(f"{name}: graph contains random ops {random}")
     for value in [*model.graph.input, *model.graph.output]:
         dim0 = value.type.tensor_type.shape.dim[0]
         if not dim0.dim_param:
-            raise ExportError(f"{file.name}: {value.name} has a fixed batch dimension")
+            raise ExportError(f"{name}: {value.name} has a fixed batch dimension")
 
 
 def _quantize(fp32: Manifest, folder: Path, kind: str) -> Manifest:
@@ -214,16 +255,16 @@ def _quantize(fp32: Manifest, folder: Path, kind: str) -> Manifest:
         file = folder / graph.file
         with _quiet_logging():
             converted = _int8(file) if kind == "int8" else _fp16(file)
-        _check_graph(converted, file)
+        _check_graph(converted, graph.file)
         onnx.save_model(converted, str(file))
-        graphs[graph.file] = Graph(graph.file, _sha256(file), graph.inputs, graph.outputs)
+        graphs[graph.file] = _graph_entry(file, converted, graph.inputs, graph.outputs)
     how = {
         "int8": "onnxruntime.quantization.quantize_dynamic (int8 weights)",
         "fp16": "onnxruntime.transformers.float16 (fp16 inside, fp32 inputs and outputs)",
     }[kind]
     d = fp32.to_dict() | {
-        "encoder": graphs[fp32.encoder.file].__dict__,
-        "decoder": graphs[fp32.decoder.file].__dict__,
+        "encoder": graphs[fp32.encoder.file],
+        "decoder": graphs[fp32.decoder.file],
         "exporter": f"{fp32.exporter}; {how}",
     }
     (folder / MANIFEST_FILE).write_text(Manifest.from_dict(d).to_json())

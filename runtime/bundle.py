@@ -2,6 +2,7 @@
 
 Loading reads vae.json (validated whole by Manifest), reads each graph, checks its sha256
 against the manifest and that it holds no external data (the hash would not cover it),
+checks that the installed onnxruntime is recent enough for the graph's IR version and opset,
 makes the session on the requested device and checks the graph's signature against the
 manifest. `verify` runs the same checks one by one and reports each instead of raising.
 """
@@ -9,6 +10,7 @@ manifest. `verify` runs the same checks one by one and reports each instead of r
 from __future__ import annotations
 
 import hashlib
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,9 +19,22 @@ import onnxruntime as ort
 
 from vae_edge.runtime.errors import BundleError, InputError, VAEEdgeError
 from vae_edge.runtime.manifest import MANIFEST_FILE, Graph, Manifest, read_manifest
-from vae_edge.runtime.protobuf import ProtobufError, external_data_locations
+from vae_edge.runtime.protobuf import ProtobufError, external_data_locations, ir_version_and_opset
 
 DEVICES = ("cpu", "cuda")
+
+# (release, the highest IR version and ai.onnx opset it loads) for each onnxruntime release
+# that raised either, measured by `benchmarks/compat.py --probe` (a one-node graph stamped
+# with each IR version 3-13 and opset 7-26, loaded by the last patch of each of 1.15-1.32).
+ONNXRUNTIME_LIMITS = (
+    ((1, 15), 9, 19),
+    ((1, 17), 9, 20),
+    ((1, 18), 10, 21),
+    ((1, 21), 10, 22),
+    ((1, 23), 11, 23),
+    ((1, 24), 13, 25),
+    ((1, 25), 13, 26),
+)
 
 
 def default_model_dir() -> Path:
@@ -111,6 +126,7 @@ def load_bundle(
         if verify:
             _check_hash(model, graph, where)
         _check_self_contained(model, graph, where)
+        _check_onnxruntime_version(model, graph, where)
         try:
             session = ort.InferenceSession(model, options, providers=providers)
         except Exception as e:  # onnxruntime raises its own untyped errors
@@ -190,6 +206,31 @@ def _check_self_contained(data: bytes, graph: Graph, where: str) -> None:
         raise BundleError(
             f"{where}: {graph.file} refers to external data {external[0]!r}; bundle graphs "
             "must be self-contained (the hash covers only the .onnx file)"
+        )
+
+
+def required_onnxruntime(ir_version: int, opset: int) -> tuple[int, int] | None:
+    """The first onnxruntime release (major, minor) that loads a graph of this IR version
+    and opset, or None if it is beyond every release measured."""
+    return next(
+        (release for release, ir, op in ONNXRUNTIME_LIMITS if ir >= ir_version and op >= opset),
+        None,
+    )
+
+
+def _check_onnxruntime_version(data: bytes, graph: Graph, where: str) -> None:
+    ir_version, opset = ir_version_and_opset(data)
+    needed = required_onnxruntime(ir_version, opset)
+    installed = tuple(int(n) for n in re.match(r"(\d+)\.(\d+)", ort.__version__).groups())
+    # Releases older than the oldest one measured have unknown limits: only a graph that
+    # needs more than that oldest release is refused on them.
+    if needed is not None and needed > ONNXRUNTIME_LIMITS[0][0] and installed < needed:
+        release = ".".join(map(str, needed))
+        raise BundleError(
+            f"{where}: {graph.file} (ONNX IR version {ir_version}, opset {opset}) needs "
+            f"onnxruntime >= {release}, this is {ort.__version__}: pip install "
+            f"'onnxruntime>={release}', or export the bundle again (vae-edge export lowers "
+            "the graphs for older onnxruntimes)"
         )
 
 

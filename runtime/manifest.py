@@ -59,10 +59,15 @@ class Preprocessing:
 
 @dataclass(frozen=True)
 class Graph:
+    """One graph file. ir_version and opset (of the default ONNX domain) say which
+    onnxruntime loads it; bundles exported before they were recorded have None."""
+
     file: str
     sha256: str
     inputs: list[str]
     outputs: list[str]
+    ir_version: int | None = None
+    opset: int | None = None
 
 
 @dataclass(frozen=True)
@@ -88,7 +93,6 @@ class Manifest:
     latent_dim: int
     encoder: Graph
     decoder: Graph
-    opset: int
     exporter: str
     versions: dict[str, str] = field(default_factory=dict)
     parity: dict[str, float] = field(default_factory=dict)
@@ -155,7 +159,6 @@ class Manifest:
             latent_dim=latent_dim,
             encoder=_graph(_get(d, "encoder", dict), "encoder"),
             decoder=_graph(_get(d, "decoder", dict), "decoder"),
-            opset=_get(d, "opset", int),
             exporter=_get(d, "exporter", str),
             versions=_get(d, "versions", dict),
             parity=_get(d, "parity", dict),
@@ -243,7 +246,12 @@ def _graph(d: dict, name: str) -> Graph:
         all(isinstance(s, str) for s in inputs + outputs),
         f"{name}.inputs and {name}.outputs must be lists of names",
     )
-    return Graph(file=file, sha256=sha, inputs=inputs, outputs=outputs)
+    versions = [d.get(key) for key in ("ir_version", "opset")]
+    _check(
+        all(v is None or (_is_int(v) and v > 0) for v in versions),
+        f"{name}.ir_version and {name}.opset must be positive integers",
+    )
+    return Graph(file, sha, inputs, outputs, *versions)
 
 
 def _threshold(d: Any) -> Threshold | None:

@@ -1,4 +1,5 @@
-"""Find external-data references in a serialized ONNX model without the onnx package.
+"""Read what the runtime must know of a serialized ONNX model without the onnx package:
+its external-data references and the IR version and opset it needs.
 
 A bundle's sha256 covers only the .onnx bytes, and a graph given to onnxruntime as bytes
 resolves external data against the process's working directory, so the runtime refuses
@@ -31,6 +32,25 @@ def external_data_locations(data: bytes) -> list[str]:
     found: list[str] = []
     _walk(memoryview(data), "model", found)
     return found
+
+
+def ir_version_and_opset(data: bytes) -> tuple[int, int]:
+    """The model's IR version and the version of the default (ai.onnx) opset it imports
+    (0 where the model does not say)."""
+    ir_version = opset = 0
+    for number, wire, value in _fields(memoryview(data)):
+        if number == 1 and wire == 0:  # ModelProto.ir_version
+            ir_version = value
+        elif number == 8 and wire == 2:  # ModelProto.opset_import: OperatorSetIdProto
+            domain, version = "", 0
+            for n, w, v in _fields(value):
+                if n == 1 and w == 2:
+                    domain = bytes(v).decode("utf-8", "replace")
+                elif n == 2 and w == 0:
+                    version = v
+            if domain in ("", "ai.onnx"):
+                opset = version
+    return ir_version, opset
 
 
 def _walk(buf: memoryview, kind: str, found: list[str]) -> None:

@@ -338,3 +338,81 @@ def test_cuda_cli_score_runs(tmp_path):
     )
     assert out.returncode == 0, out.stderr
     assert len(out.stdout.strip().splitlines()) == 5
+
+
+def test_graph_ir_version_and_opset_are_read_without_onnx_and_match_the_manifest(tiny_bundle):
+    from vae_edge.runtime.protobuf import ir_version_and_opset
+
+    manifest = json.loads((tiny_bundle / "vae.json").read_text())
+    for name in ("encoder", "decoder"):
+        found = ir_version_and_opset((tiny_bundle / f"{name}.onnx").read_bytes())
+        assert found == (manifest[name]["ir_version"], manifest[name]["opset"]) == (7, 14)
+
+
+@pytest.mark.parametrize(
+    "ir_version, opset, release",
+    [(7, 14, (1, 15)), (9, 19, (1, 15)), (9, 20, (1, 17)), (10, 18, (1, 18)), (10, 22, (1, 21)),
+     (11, 23, (1, 23)), (13, 26, (1, 25)), (14, 14, None), (7, 27, None)],
+)  # fmt: skip
+def test_the_onnxruntime_a_graph_needs(ir_version, opset, release):
+    from vae_edge.runtime.bundle import required_onnxruntime
+
+    assert required_onnxruntime(ir_version, opset) == release
+
+
+def _with_ir_version(bundle, ir_version: int) -> None:
+    """Restamp the bundle's encoder with another IR version (its first protobuf field, a
+    one-byte varint here) and update the manifest's hash, as an exporter at that IR would."""
+    import hashlib
+
+    data = bytearray((bundle / "encoder.onnx").read_bytes())
+    assert data[:2] == b"\x08\x07"
+    data[1] = ir_version
+    (bundle / "encoder.onnx").write_bytes(bytes(data))
+    digest = hashlib.sha256(bytes(data)).hexdigest()
+    _edit_manifest(bundle, lambda d: d["encoder"].update(sha256=digest, ir_version=ir_version))
+
+
+def test_a_graph_too_new_for_the_installed_onnxruntime_says_what_to_install(
+    tiny_bundle, tmp_path, monkeypatch
+):
+    import onnxruntime
+
+    import vae_edge.runtime.bundle as loader
+
+    bundle = tmp_path / "b"
+    shutil.copytree(tiny_bundle, bundle)
+    _with_ir_version(bundle, 10)  # the exporter's own IR version, before lowering
+    expected = (
+        f"{bundle}: encoder.onnx (ONNX IR version 10, opset 14) needs onnxruntime >= 1.18, "
+        "this is {}: pip install 'onnxruntime>=1.18', or export the bundle again "
+        "(vae-edge export lowers the graphs for older onnxruntimes)"
+    )
+    # The installed onnxruntime, really: an old one (CI's runtime-only run has 1.15) refuses
+    # with the message, a recent one loads the graph and scores as before.
+    installed = tuple(int(n) for n in onnxruntime.__version__.split(".")[:2])
+    if installed < (1, 18):
+        with pytest.raises(BundleError) as e:
+            EdgeVAE.load(bundle)
+        assert str(e.value) == expected.format(onnxruntime.__version__)
+    else:
+        x = EdgeVAE.load(tiny_bundle).sample(20, seed=0)
+        assert np.array_equal(EdgeVAE.load(bundle).score(x), EdgeVAE.load(tiny_bundle).score(x))
+    # Releases the table says are too old, whichever is installed: refused before a session.
+    for version in ("1.16.3", "1.17.3", "1.14.1"):
+        monkeypatch.setattr(loader.ort, "__version__", version)
+        with pytest.raises(BundleError) as e:
+            EdgeVAE.load(bundle)
+        assert str(e.value) == expected.format(version)
+
+
+def test_releases_older_than_the_table_are_not_refused_a_graph_they_may_load(
+    tiny_bundle, monkeypatch
+):
+    import vae_edge.runtime.bundle as loader
+
+    # IR 7 / opset 14 needs no more than the oldest release measured (1.15); what 1.14 and
+    # older load is not known, so the loader lets onnxruntime decide.
+    monkeypatch.setattr(loader.ort, "__version__", "1.14.1")
+    x = EdgeVAE.load(tiny_bundle).sample(3, seed=0)
+    assert EdgeVAE.load(tiny_bundle).score(x).shape == (3,)
