@@ -1,6 +1,6 @@
 """Which onnxruntime releases load vae-edge bundles, and with what numbers (`make compat`).
 
-    python benchmarks/compat.py [--versions 1.15.1,1.20.1,1.32.0] [--keep]
+    python benchmarks/compat.py [--versions 1.15.1,1.20.1,1.32.0] [--name compat] [--keep]
 
 For each release, a throwaway venv gets what a user on a device would install,
 `pip install onnxruntime==V 'numpy<2' .` ('numpy<2' below 1.19, whose wheels were built
@@ -10,7 +10,7 @@ listed is the reference the others are compared with. Bundles: the shipped MNIST
 and an MLP and a conv model trained briefly on 5,000 MNIST digits, each also as int8 and
 fp16. A probe finds the highest IR version and opset each release loads (a one-node graph
 stamped with each) and checks the runtime's table ONNXRUNTIME_LIMITS against it.
-Writes benchmarks/results/compat.{json,md}.
+Writes benchmarks/results/NAME.{json,md} (compat; compat-all for every minor release).
 """
 
 from __future__ import annotations
@@ -32,15 +32,19 @@ WORK = ROOT / "build" / "compat"
 VERSIONS = ("1.15.1", "1.20.1", "1.32.0")  # oldest supported, a middle one, the newest
 PROBE_IR, PROBE_OPSET = range(3, 14), range(7, 27)
 # Largest relative difference from the reference release that still counts as the same
-# result: the parity gate's rtol for fp32, and looser for the variants, whose kernels
-# (fp16 arithmetic, int8 dynamic quantization) are free to round differently per release.
-TOLERANCE = {"fp32": 1e-4, "fp16": 1e-3, "int8": 1e-2}
+# result: the parity gate's rtol for fp32, and 1e-2 for the variants, whose kernels (fp16
+# arithmetic, int8 dynamic quantization) are free to round differently per release. fp16
+# was first held to 1e-3, two fp16 units of roundoff; onnxruntime 1.29.0 differs from 1.32.0
+# by up to 3.2e-3 (its fp16 kernels round otherwise; the fp16 MNIST conv model differs from
+# its fp32 by up to 2.3e-3), so a multi-layer fp16 network is given the int8 tolerance.
+TOLERANCE = {"fp32": 1e-4, "fp16": 1e-2, "int8": 1e-2}
 OUTPUTS = ("score", "score 8 draws", "sample")  # what each bundle gives in each release
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--versions", default=",".join(VERSIONS))
+    parser.add_argument("--name", default="compat", help="results file name")
     parser.add_argument("--keep", action="store_true", help="keep the venvs in build/compat")
     parser.add_argument("--worker", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -55,7 +59,7 @@ def main() -> None:
         runs[version] = run_release(version, keep=args.keep)
     result = compare(bundles, runs, versions[-1])
     result["seconds"] = round(time.time() - started)
-    write(result)
+    write(result, args.name)
 
 
 def build_inputs() -> dict[str, str]:
@@ -210,7 +214,7 @@ def compare(bundles: dict[str, str], runs: dict, reference: str) -> dict:
     }
 
 
-def write(result: dict) -> None:
+def write(result: dict, results_name: str) -> None:
     from report import write_results
 
     versions = list(result["releases"])
@@ -247,7 +251,7 @@ def write(result: dict) -> None:
             f"| {v} | {run['numpy']} | {_capped(run['max_ir_version'], PROBE_IR)} | "
             f"{_capped(run['max_opset'], PROBE_OPSET)} | {agrees[run['table_agrees']]} |"
         )
-    write_results("compat", result, header, "\n".join(lines))
+    write_results(results_name, result, header, "\n".join(lines))
     failed = [
         f"{name} on {v}"
         for name, cells in result["bundles"].items()

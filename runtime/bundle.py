@@ -24,8 +24,9 @@ from vae_edge.runtime.protobuf import ProtobufError, external_data_locations, ir
 DEVICES = ("cpu", "cuda")
 
 # (release, the highest IR version and ai.onnx opset it loads) for each onnxruntime release
-# that raised either, measured by `benchmarks/compat.py --probe` (a one-node graph stamped
-# with each IR version 3-13 and opset 7-26, loaded by the last patch of each of 1.15-1.32).
+# that raised either: a one-node graph stamped with each IR version 3-13 and opset 7-26,
+# loaded by the last patch release of each minor from 1.15 to 1.32 (`benchmarks/compat.py
+# --versions ...` measures them and checks each release it runs against this table).
 ONNXRUNTIME_LIMITS = (
     ((1, 15), 9, 19),
     ((1, 17), 9, 20),

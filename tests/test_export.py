@@ -125,6 +125,20 @@ def test_conv_model_exports_and_passes_the_parity_gate(shape, tmp_path):
     edge = EdgeVAE.load(tmp_path / "bundle")
     assert edge.sample(2, seed=0).shape == (2, *shape)  # the decoder crops odd sides back
     assert np.isfinite(edge.score(x)).all()
+    assert (manifest.encoder.ir_version, manifest.encoder.opset) == (7, 14)
+    assert (manifest.decoder.ir_version, manifest.decoder.opset) == (7, 14)
+
+
+def test_conv_int8_keeps_convolutions_float_for_older_onnxruntimes(tmp_path):
+    from vae_edge.training.train import train
+
+    x = np.random.default_rng(0).integers(0, 256, (64, 12, 12), dtype=np.uint8)
+    np.save(tmp_path / "x.npy", x)
+    train(str(tmp_path / "x.npy"), tmp_path / "run", arch="conv", epochs=1, progress=False)
+    manifest = export_run(tmp_path / "run", tmp_path / "int8", quantize="int8")
+    ops = {n.op_type for n in onnx.load(tmp_path / "int8" / "encoder.onnx").graph.node}
+    assert {"Conv", "MatMulInteger"} <= ops and "ConvInteger" not in ops  # ConvInteger: 1.24+
+    assert (manifest.encoder.ir_version, manifest.encoder.opset) == (7, 14)
 
 
 def test_int8_variant_has_int8_weights_and_scores_like_fp32(
