@@ -80,7 +80,7 @@ bench-one-class: install
 
 # Which onnxruntime releases load the bundles (shipped, MLP and conv, fp32/int8/fp16) and
 # give the same numbers: 1.15.1, 1.20.1 and 1.32.0 in throwaway venvs, no torch there
-# (about 5 minutes); writes benchmarks/results/compat.{json,md}.
+# (about 2 minutes after the install); writes benchmarks/results/compat.{json,md}.
 compat: install
 	$(BIN)/python benchmarks/compat.py
 
