@@ -31,7 +31,7 @@ from vae_edge.runtime.data import umask
 from vae_edge.runtime.errors import InputError, VAEEdgeError
 from vae_edge.runtime.manifest import FORMAT_VERSION, MANIFEST_FILE, Graph, Manifest
 from vae_edge.runtime.model import EdgeVAE
-from vae_edge.runtime.scoring import draw_latents
+from vae_edge.runtime.scoring import draw_latents, row_noise
 from vae_edge.training.model import VAE, kl_divergence
 from vae_edge.training.train import RunConfig, load_run
 
@@ -338,7 +338,7 @@ def check_parity(vae: VAE, edge: EdgeVAE, seed: int = 0) -> dict[str, float]:
         # with the floor taken off on the torch side by the torch mirror of the likelihood.
         score_o = edge.score(raw, samples=1, seed=seed, score_type="recon")
         elbo_o = edge.score(raw, samples=0, score_type="elbo")
-        eps_z = draw_latents(mu_o, logvar_o, 1, np.random.default_rng(seed))[:, 0]
+        eps_z = draw_latents(mu_o, logvar_o, row_noise(seed, 0, n, 1, k))[:, 0]
         with torch.no_grad():
             mu_t, logvar_t = (t.numpy() for t in vae.encode(x_t))
             dec_t = vae.decode(torch.from_numpy(z)).numpy()

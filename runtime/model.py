@@ -3,8 +3,9 @@
 The scoring pass, one batch at a time (score_batches; score, feature_scores, predict and
 score_chunks wrap it): raw rows -> checked (shape and dtype once per chunk, values per
 batch) -> the likelihood's prepare (preprocessing from the manifest, range, floor) ->
-encoder graph -> z = mu, or L draws z = mu + exp(logvar / 2) * eps with eps from a seeded
-NumPy Generator -> decoder graph -> per-feature losses -> score per sample -> flags.
+encoder graph -> z = mu, or L draws z = mu + exp(logvar / 2) * eps with eps from seeded
+NumPy Generators keyed by the row's position (row_noise) -> decoder graph -> per-feature
+losses -> score per sample -> flags.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from vae_edge.runtime.scoring import (
     ScoreSettings,
     check_seed,
     draw_latents,
+    row_noise,
     scores_at_mean,
     scores_over_draws,
 )
@@ -118,18 +120,20 @@ class EdgeVAE:
         chunks: Iterable,
         settings: ScoreSettings | None = None,
         per_feature: bool = False,
+        first_row: int = 0,
     ) -> Iterator[ScoredBatch]:
         """Score an iterable of arrays as one long input, one ScoredBatch per graph call
         (each graph runs once per batch, per_feature or not): scores, flags when the
         settings have a threshold, per-feature reconstruction losses when asked. Memory
-        is bounded by one chunk and one batch; the noise runs on across chunks, so the
-        numbers are those of the concatenated input."""
+        is bounded by one chunk and one batch. A row's noise is keyed by its position,
+        first_row for the first row (row_noise), so the numbers are those of the
+        concatenated input, and rows scored elsewhere with their own first_row (another
+        process, another machine) get the same ones."""
         settings = settings or self.settings()
-        rng = settings.noise()
-        start = 0
+        start = first_row
         for chunk in chunks:
             x = self._as_samples(chunk)
-            yield from self._chunk_batches(x, start, settings, rng, per_feature)
+            yield from self._chunk_batches(x, start, settings, per_feature)
             start += len(x)
 
     def score(
@@ -177,24 +181,23 @@ class EdgeVAE:
         """score() of an iterable of arrays as one long input, yielding each chunk's scores
         (per-feature losses with per_feature), with memory bounded by one chunk."""
         settings = self._settings(score_type, samples, seed, None, None, flags=False)
-        rng = settings.noise()
         start = 0
         for chunk in chunks:
             x = self._as_samples(chunk)
             parts = [
                 b.feature_losses if per_feature else b.scores
-                for b in self._chunk_batches(x, start, settings, rng, per_feature)
+                for b in self._chunk_batches(x, start, settings, per_feature)
             ]
             empty = self._empty() if per_feature else np.zeros(0, np.float32)
             yield parts[0] if len(parts) == 1 else np.concatenate([empty, *parts])
             start += len(x)
 
-    def _chunk_batches(self, x, start: int, settings: ScoreSettings, rng, per_feature: bool):
+    def _chunk_batches(self, x, start: int, settings: ScoreSettings, per_feature: bool):
         rows = settings.rows_per_batch
         for i in range(0, len(x), rows):
-            yield self._score_batch(x[i : i + rows], start + i, settings, rng, per_feature)
+            yield self._score_batch(x[i : i + rows], start + i, settings, per_feature)
 
-    def _score_batch(self, x, start: int, settings: ScoreSettings, rng, per_feature: bool):
+    def _score_batch(self, x, start: int, settings: ScoreSettings, per_feature: bool):
         """One batch of rows x (n, *input_shape), the first being row `start` of the input."""
         batch = self._prepare(x, start)
         if settings.samples == 0:  # z = mu: the default, and the whole cost of a batch-1 call
@@ -205,7 +208,8 @@ class EdgeVAE:
         else:
             mu, logvar = self.bundle.run_encoder(batch.xp)
             n, k = mu.shape
-            z = draw_latents(mu, logvar, settings.samples, rng)  # (n, L, k)
+            eps = row_noise(settings.seed, start, n, settings.samples, k)
+            z = draw_latents(mu, logvar, eps)  # (n, L, k)
             params = self.bundle.run_decoder(z.reshape(-1, k))
             params = params.reshape(n, settings.samples, *self.manifest.input_shape)
             floor = None if batch.floor is None else batch.floor[:, None]
@@ -252,7 +256,8 @@ class EdgeVAE:
         out = []
         for i in self._starts(xp):
             mu, logvar = self.bundle.run_encoder(xp[i : i + self.batch_size])
-            out.append(self.bundle.run_decoder(draw_latents(mu, logvar, 1, rng).reshape(mu.shape)))
+            eps = rng.standard_normal((len(mu), 1, mu.shape[1]), dtype=np.float32)
+            out.append(self.bundle.run_decoder(draw_latents(mu, logvar, eps).reshape(mu.shape)))
         return self.likelihood.mean(np.concatenate(out) if out else self._empty())
 
     def preprocess(self, x) -> np.ndarray:

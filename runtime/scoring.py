@@ -24,7 +24,7 @@ class ScoreSettings:
     score_type "recon": the reconstruction loss -log p(x|z); "elbo": -ELBO = recon +
     KL(q(z|x) || p(z)); "iwae": -L_k, the importance-weighted bound with k = samples.
     samples 0 decodes z = mu (deterministic); samples L averages over L draws
-    z = mu + exp(logvar / 2) * eps, eps from numpy.random.default_rng(seed).
+    z = mu + exp(logvar / 2) * eps, eps from row_noise(seed, ...): keyed by row position.
     threshold: scores above it are anomalies (None: no flags).
     batch_size: most rows of one graph call (samples > 0: batch_size // samples rows)."""
 
@@ -56,10 +56,6 @@ class ScoreSettings:
     @property
     def rows_per_batch(self) -> int:
         return max(1, self.batch_size // max(self.samples, 1))
-
-    def noise(self) -> np.random.Generator | None:
-        """The noise generator of one scoring pass (None: z = mu draws nothing)."""
-        return np.random.default_rng(self.seed) if self.samples else None
 
 
 @dataclass(frozen=True)
@@ -102,13 +98,27 @@ def kl_divergence(mu: np.ndarray, logvar: np.ndarray) -> np.ndarray:
     return -0.5 * np.sum(1 + logvar - np.square(mu) - np.exp(logvar), axis=1)
 
 
-def draw_latents(mu: np.ndarray, logvar: np.ndarray, samples: int, rng) -> np.ndarray:
-    """z = mu + exp(logvar / 2) * eps, eps ~ N(0, I), shape (N, samples, k).
+NOISE_BLOCK = 64  # rows that share one noise generator
 
-    eps is drawn row by row (shape (N, samples, k), C order), so scoring N rows in one
-    batch or in several uses the same eps for each row.
+
+def row_noise(seed: int, first_row: int, n: int, samples: int, k: int) -> np.ndarray:
+    """eps ~ N(0, I), (n, samples, k), for rows first_row .. first_row + n - 1 of an input.
+
+    Row r takes row r % NOISE_BLOCK of numpy.random.default_rng([seed, r // NOISE_BLOCK])
+    .standard_normal((NOISE_BLOCK, samples, k), dtype=float32): its eps depends on the seed
+    and its position in the input only, never on the batch, chunk or worker that scores it.
     """
-    eps = rng.standard_normal((mu.shape[0], samples, mu.shape[1]), dtype=np.float32)
+    blocks = range(first_row // NOISE_BLOCK, (first_row + n - 1) // NOISE_BLOCK + 1)
+    eps = np.concatenate([
+        np.random.default_rng([seed, b]).standard_normal((NOISE_BLOCK, samples, k), np.float32)
+        for b in blocks
+    ])  # fmt: skip
+    offset = first_row - blocks[0] * NOISE_BLOCK
+    return eps[offset : offset + n]
+
+
+def draw_latents(mu: np.ndarray, logvar: np.ndarray, eps: np.ndarray) -> np.ndarray:
+    """z = mu + exp(logvar / 2) * eps for eps (N, samples, k): shape (N, samples, k)."""
     return mu[:, None, :] + np.exp(0.5 * logvar)[:, None, :] * eps
 
 

@@ -11,6 +11,8 @@ import numpy as np
 import onnxruntime
 import pytest
 from click.testing import CliRunner
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from vae_edge.cli import cli
 from vae_edge.runtime import EdgeVAE, InputError, InputWarning, ScoreSettings
@@ -44,6 +46,8 @@ def test_runtime_tests_run_without_torch():
 # -- the same numbers as before the redesign ---------------------------------------------------
 # tests/data/*_reference.npz were written by the runtime as it stood before the scoring pass
 # was rewritten (commit "Reference scores from the runtime before the scoring redesign").
+# Scores with draws of rows 64 on were rewritten when noise became keyed by row position
+# (row_noise): rows 0-63 still match the old ones (block 0's generator is the old one).
 
 
 def test_shipped_model_scores_are_bit_identical_to_the_previous_runtime():
@@ -90,6 +94,34 @@ def test_tiny_bundle_scores_are_bit_identical_to_the_previous_runtime(tiny):
     np.testing.assert_array_equal(tiny.nll_floor(x), ref["floor"])
     np.testing.assert_array_equal(tiny.sample(10, seed=1), ref["sample"])
     np.testing.assert_array_equal(tiny.reconstruct(x[:10], seed=2), ref["reconstruct"])
+
+
+# -- noise keyed by row position -------------------------------------------------------------
+
+
+def test_row_noise_depends_on_the_seed_and_the_row_only():
+    from vae_edge.runtime.scoring import row_noise
+
+    whole = row_noise(5, 0, 300, 3, 2)
+    for first, n in ((0, 1), (63, 2), (64, 64), (100, 150), (299, 1)):
+        np.testing.assert_array_equal(row_noise(5, first, n, 3, 2), whole[first : first + n])
+    assert not np.array_equal(row_noise(6, 0, 300, 3, 2), whole)
+
+
+@settings(max_examples=20, deadline=None)
+@given(st.lists(st.integers(1, 299), max_size=4, unique=True), st.sampled_from([1, 3, 8]))
+def test_rows_scored_in_any_pieces_with_their_first_row_get_the_whole_inputs_scores(cuts, samples):
+    tiny = EdgeVAE.load(TINY, batch_size=50)
+    x = tiny_rows(300, seed=4)
+    config = tiny.settings(samples=samples, seed=11)
+    whole = np.concatenate([b.scores for b in tiny.score_batches([x], config)])
+    edges = [0, *sorted(cuts), 300]
+    pieces = [
+        b.scores
+        for a, z in zip(edges[:-1], edges[1:], strict=True)  # each piece on its own, as a worker
+        for b in tiny.score_batches([x[a:z]], config, first_row=a)
+    ]
+    np.testing.assert_array_equal(np.concatenate(pieces), whole)
 
 
 # -- one pass, typed results ------------------------------------------------------------------
