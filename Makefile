@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo install install-gpu test test-runtime-only tiny-bundle model bench bench-anomaly bench-one-class compat lint clean
+.PHONY: demo install install-gpu test test-runtime-only tiny-bundle model bench bench-anomaly bench-one-class bench-scale compat lint clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -15,7 +15,7 @@ demo: $(BIN)/python
 	$(BIN)/python examples/demo.py
 
 install: $(BIN)/python
-	$(BIN)/pip install -q -e '.[train,dev]'
+	$(BIN)/pip install -q -e '.[train,dev,ray]'
 
 # The runtime on a CUDA machine: onnxruntime-gpu instead of onnxruntime. Both install the
 # package `onnxruntime`; removing the CPU one deletes files the GPU one shares, so the GPU
@@ -77,6 +77,12 @@ bench-anomaly: install
 # One-class MNIST: a model per digit, AUROC on the whole test set (about 7 minutes).
 bench-one-class: install
 	$(BIN)/python benchmarks/one_class.py
+
+# vae-edge score --engine ray (1 and 2 actors) against the local engine on 1,000,000 table
+# rows and 100,000 MNIST-sized images, and a local Ray's start-up (about 5 minutes);
+# writes benchmarks/results/scale.{json,md}.
+bench-scale: install
+	$(BIN)/python benchmarks/scale.py
 
 # Which onnxruntime releases load the bundles (shipped, MLP and conv, fp32/int8/fp16) and
 # give the same numbers: 1.15.1, 1.20.1 and 1.32.0 in throwaway venvs, no torch there

@@ -8,6 +8,7 @@ reported as one line on stderr with exit code 2; output files appear whole or no
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sys
 from pathlib import Path
@@ -236,22 +237,54 @@ def reconstruct(model_dir, input_path, n, seed, output, device, threads):
 @click.option("--per-feature", is_flag=True,
               help="Add each feature's reconstruction loss (CSV / JSONL).")  # fmt: skip
 @click.option("-o", "--output", type=click.Path(path_type=Path),
-              help="OUT.csv, OUT.npy or OUT.jsonl (default: CSV on stdout).")  # fmt: skip
+              help="OUT.csv, OUT.npy or OUT.jsonl (default: CSV on stdout); with --engine "
+                   "ray, a new folder for Parquet part files.")  # fmt: skip
 @device_option
 @threads_option
 @no_verify_option
+@click.option("--engine", type=click.Choice(["local", "ray"]), default="local", show_default=True,
+              help="ray: Parquet in and out on Ray Data (needs the `ray` extra).")  # fmt: skip
+@click.option("--address", help="Ray cluster: auto or HOST:PORT (default: a local Ray).")
+@click.option("--actors", type=click.IntRange(min=1),
+              help="Ray actors scoring (default: CPUs // --cpus-per-actor).")  # fmt: skip
+@click.option("--cpus-per-actor", type=click.IntRange(min=1), default=1, show_default=True,
+              help="CPUs of each actor, and its onnxruntime threads.")  # fmt: skip
+@click.option("--keep", help="Columns carried into the output, e.g. an id: COL,...")
+@click.option("--columns", help="The model's features, in order: COL,... (default: every "
+              "column not kept, in file order; or one tensor column).")  # fmt: skip
 def score(model_dir, input_path, score_type, samples, seed, batch_size, threshold, per_feature,
-          output, device, threads, no_verify):  # fmt: skip
+          output, device, threads, no_verify, engine, address, actors, cpus_per_actor, keep,
+          columns):  # fmt: skip
     """Score INPUT (.npz/.npy/.csv/.png or a PNG folder): anomaly score per sample.
 
     Scoring settings left out are the ones stored with the model's threshold, if it has
     one, so is_anomaly means what calibrate meant. .npy and .csv inputs are streamed in
     chunks and the output is written batch by batch, so memory does not grow with the
-    file."""
+    file. With --engine ray, INPUT is Parquet (a file, a folder of part files or a glob)
+    and -o a new folder of Parquet part files: index (the row's position in the input),
+    the --keep columns, score, is_anomaly when there is a threshold."""
     from vae_edge.runtime.data import check_writable, stream_input
     from vae_edge.runtime.errors import InputError
     from vae_edge.runtime.output import SCORE_FORMATS, write_scores
 
+    ray_only = {"--address": address, "--actors": actors, "--keep": keep, "--columns": columns}
+    if engine == "ray":
+        if output is None:
+            raise click.BadParameter(
+                "--engine ray writes a folder: give -o OUT_DIR", param_hint="-o"
+            )
+        if device != "cpu" or threads:
+            raise click.UsageError("--engine ray scores on CPUs: use --cpus-per-actor, not "
+                                   "--device or --threads")  # fmt: skip
+        model = _load(model_dir, "cpu", 1, not no_verify)  # checked here, before any worker
+        settings = model.settings(score_type, samples, seed, threshold, batch_size)
+        rows = _score_on_ray(input_path, output, model_dir, settings, per_feature, address,
+                             actors, cpus_per_actor, _names(keep), _names(columns))  # fmt: skip
+        click.echo(f"wrote {output} ({rows} rows)", err=True)
+        return
+    given = [name for name, value in ray_only.items() if value]
+    if given:
+        raise click.UsageError(f"{given[0]} needs --engine ray")
     suffix = _suffix(output, SCORE_FORMATS) if output else ".csv"
     if per_feature and suffix == ".npy":
         raise click.BadParameter("--per-feature needs .csv or .jsonl output", param_hint="-o")
@@ -269,6 +302,36 @@ def score(model_dir, input_path, score_type, samples, seed, batch_size, threshol
         if not message.startswith(str(input_path)):
             raise InputError(f"{input_path}: {message}") from None
         raise
+
+
+def _names(text: str | None) -> list[str]:
+    return [name.strip() for name in text.split(",") if name.strip()] if text else []
+
+
+def _score_on_ray(input_path, output, model_dir, settings, per_feature, address, actors,
+                  cpus_per_actor, keep, columns) -> int:  # fmt: skip
+    """Read, score and write on Ray; a local Ray sized to this machine unless --address."""
+    try:
+        import ray
+
+        from vae_edge.ray_data import read_parquet, score_dataset, write_parquet
+    except ModuleNotFoundError as e:
+        raise click.ClickException(
+            f"--engine ray needs {e.name}: pip install 'vae-edge[ray]'"
+        ) from None
+    # Ray Data logs its plan and progress at INFO and a worker's traceback at ERROR; the
+    # failure itself comes back as vae-edge's one line.
+    logging.getLogger("ray.data").setLevel(logging.CRITICAL)
+    ray.init(address=address, include_dashboard=False, logging_level="WARNING",
+             num_cpus=None if address else os.cpu_count())  # fmt: skip
+    try:
+        dataset = read_parquet(input_path)
+        scored = score_dataset(dataset, model_dir, settings, columns=columns or None,
+                               keep=tuple(keep), per_feature=per_feature, actors=actors,
+                               cpus_per_actor=cpus_per_actor)  # fmt: skip
+        return write_parquet(scored, output)
+    finally:
+        ray.shutdown()
 
 
 def _counted(batches, bar):
