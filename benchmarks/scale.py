@@ -65,9 +65,11 @@ def main() -> None:
             scores = table.column("score").to_numpy()[order]
             if not np.array_equal(scores, expected):
                 raise SystemExit(f"{name}: --engine ray with {actors} actors gave other scores")
+        warm = {actors: _warm_ray(parquet, model, actors, expected) for actors in (1, 2)}
         results[name] = {
             "rows": n,
             "runs": {k: {"seconds": s, "rows_per_second": n / s} for k, s in runs.items()},
+            "warm_ray_seconds": warm,
         }
     result = {
         "what": "vae-edge score, whole commands: local engine (.npy) against --engine ray "
@@ -105,6 +107,33 @@ def _images(n: int):
     ray.data.from_numpy(x).repartition(16).write_parquet(str(parquet))
     ray.shutdown()
     return npy, parquet, n
+
+
+def _warm_ray(parquet: Path, model, actors: int, expected: np.ndarray) -> float:
+    """Seconds of read, score and write on a Ray already started, its worker processes
+    warm (the second of two runs): what each added node's actors would sustain."""
+    import logging
+
+    import ray
+
+    from vae_edge.ray_data import read_parquet, score_dataset, write_parquet
+
+    logging.getLogger("ray.data").setLevel(logging.CRITICAL)
+    ray.init(num_cpus=os.cpu_count(), include_dashboard=False, logging_level="ERROR")
+    try:
+        for attempt in range(2):
+            out = WORK / f"warm-{parquet.stem}-{actors}-{attempt}"
+            started = time.perf_counter()
+            write_parquet(score_dataset(read_parquet(parquet), model, actors=actors), out)
+            seconds = time.perf_counter() - started
+    finally:
+        ray.shutdown()
+    table = pq.read_table(out, columns=["index", "score"])
+    scores = table.column("score").to_numpy()[np.argsort(table.column("index").to_numpy())]
+    if not np.array_equal(scores, expected):
+        raise SystemExit(f"{parquet}: warm Ray run with {actors} actors gave other scores")
+    print(f"{seconds:7.1f} s  warm Ray, {actors} actors, {parquet.name}", flush=True)
+    return seconds
 
 
 def _ray_startup() -> float:
@@ -145,6 +174,18 @@ def _write(result: dict) -> None:
             lines.append(
                 f"| {name} | {r['rows']:,} | {engine} | {run['seconds']:.1f} | "
                 f"{run['rows_per_second']:,.0f} | {local / run['seconds']:.2f}x |"
+            )
+    lines += [
+        "",
+        "| input | rows | Ray already started, workers warm | seconds | rows/s | vs local |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    for name, r in result["inputs"].items():
+        local = r["runs"]["local"]["seconds"]
+        for actors, seconds in r["warm_ray_seconds"].items():
+            lines.append(
+                f"| {name} | {r['rows']:,} | {actors} actor{'s' * (int(actors) > 1)} | "
+                f"{seconds:.1f} | {r['rows'] / seconds:,.0f} | {local / seconds:.2f}x |"
             )
     write_results("scale", result, header, "\n".join(lines))
 

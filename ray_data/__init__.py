@@ -25,6 +25,13 @@ from vae_edge.runtime import EdgeVAE, InputError, ScoreSettings, VAEEdgeError
 
 INDEX = "index"  # a row's position in the input (file order, then row order), as in CSV output
 RETRIES = 4  # actor restarts and task retries when a worker dies
+# Rows per Ray batch; each is scored in graph calls of settings.batch_size rows. Ray's own
+# cost per batch (a task, Arrow to NumPy and back) is amortized over many graph calls.
+RAY_BATCH_ROWS = 16_384
+# Parquet readers at a time. They claim no CPU (actors may hold them all, and a reader
+# waiting for one would stall the run), so without a bound Ray starts a worker process per
+# row group.
+READERS = 2
 
 
 class BundleScorer:
@@ -102,7 +109,7 @@ def score_dataset(
                 keep,
                 per_feature,
             ),  # fmt: skip
-            batch_size=settings.batch_size,
+            batch_size=RAY_BATCH_ROWS,
             compute=ray.data.ActorPoolStrategy(size=actors),
             num_cpus=cpus_per_actor,
             max_restarts=RETRIES,
@@ -129,7 +136,11 @@ def read_parquet(source: str | Path) -> ray.data.Dataset:
     if not first:
         raise InputError(f"{source}: no rows")
     return ray.data.from_items(pieces, override_num_blocks=len(pieces)).map_batches(
-        _read_row_group, batch_size=1, batch_format="pyarrow", num_cpus=0
+        _read_row_group,
+        batch_size=1,
+        batch_format="pyarrow",
+        num_cpus=0,
+        compute=ray.data.TaskPoolStrategy(size=READERS),
     )
 
 

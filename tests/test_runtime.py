@@ -42,7 +42,7 @@ print("ok")
     assert result.stdout.strip() == "ok"
 
 
-def test_runtime_sources_import_neither_torch_nor_onnx():
+def test_runtime_sources_import_neither_torch_nor_onnx_nor_ray():
     from pathlib import Path
 
     import vae_edge.runtime
@@ -50,7 +50,8 @@ def test_runtime_sources_import_neither_torch_nor_onnx():
     for file in Path(vae_edge.runtime.__file__).parent.glob("*.py"):
         text = file.read_text()
         for banned in ("import torch", "import onnx\n", "from onnx", "vae_edge.training",
-                       "vae_edge.export"):  # fmt: skip
+                       "vae_edge.export", "import ray", "import pyarrow",
+                       "vae_edge.ray_data"):  # fmt: skip
             assert banned not in text, f"{file.name} contains {banned!r}"
 
 
