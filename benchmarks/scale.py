@@ -164,29 +164,24 @@ def _write(result: dict) -> None:
         + f". Local Ray start-up and shutdown alone: {min(startup):.1f} s (best of "
         f"{len(startup)}: {', '.join(f'{s:.1f}' for s in startup)})."
     )
-    lines = [
-        "| input | rows | engine | seconds | rows/s | vs local |",
-        "| --- | --- | --- | --- | --- | --- |",
-    ]
-    for name, r in result["inputs"].items():
-        local = r["runs"]["local"]["seconds"]
-        for engine, run in r["runs"].items():
-            lines.append(
-                f"| {name} | {r['rows']:,} | {engine} | {run['seconds']:.1f} | "
-                f"{run['rows_per_second']:,.0f} | {local / run['seconds']:.2f}x |"
-            )
-    lines += [
-        "",
-        "| input | rows | Ray already started, workers warm | seconds | rows/s | vs local |",
-        "| --- | --- | --- | --- | --- | --- |",
-    ]
-    for name, r in result["inputs"].items():
-        local = r["runs"]["local"]["seconds"]
-        for actors, seconds in r["warm_ray_seconds"].items():
-            lines.append(
-                f"| {name} | {r['rows']:,} | {actors} actor{'s' * (int(actors) > 1)} | "
-                f"{seconds:.1f} | {r['rows'] / seconds:,.0f} | {local / seconds:.2f}x |"
-            )
+    lines = []
+    for title, timings in (
+        ("engine", lambda r: {k: run["seconds"] for k, run in r["runs"].items()}),
+        ("Ray already started, workers warm",
+         lambda r: {f"{a} actor{'s' * (int(a) > 1)}": t for a, t in r["warm_ray_seconds"].items()}),
+    ):  # fmt: skip
+        lines += [
+            *([""] if lines else []),
+            f"| input | rows | {title} | seconds | rows/s | vs local |",
+            "| --- | --- | --- | --- | --- | --- |",
+        ]
+        for name, r in result["inputs"].items():
+            local = r["runs"]["local"]["seconds"]
+            for label, seconds in timings(r).items():
+                lines.append(
+                    f"| {name} | {r['rows']:,} | {label} | {seconds:.1f} | "
+                    f"{r['rows'] / seconds:,.0f} | {local / seconds:.2f}x |"
+                )
     write_results("scale", result, header, "\n".join(lines))
 
 
