@@ -314,18 +314,19 @@ def _score_on_ray(input_path, output, model_dir, settings, per_feature, address,
     try:
         import ray
 
-        from vae_edge.ray_data import read_parquet, score_dataset, write_parquet
+        from vae_edge.ray_data import parquet_pieces, read_parquet, score_dataset, write_parquet
     except ModuleNotFoundError as e:
         raise click.ClickException(
             f"--engine ray needs {e.name}: pip install 'vae-edge[ray]'"
         ) from None
+    pieces = parquet_pieces(input_path)  # a bad file is named before Ray starts
     # Ray Data logs its plan and progress at INFO and a worker's traceback at ERROR; the
     # failure itself comes back as vae-edge's one line.
     logging.getLogger("ray.data").setLevel(logging.CRITICAL)
     ray.init(address=address, include_dashboard=False, logging_level="WARNING",
              num_cpus=None if address else os.cpu_count())  # fmt: skip
     try:
-        dataset = read_parquet(input_path)
+        dataset = read_parquet(pieces)
         scored = score_dataset(dataset, model_dir, settings, columns=columns or None,
                                keep=tuple(keep), per_feature=per_feature, actors=actors,
                                cpus_per_actor=cpus_per_actor)  # fmt: skip

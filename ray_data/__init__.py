@@ -117,13 +117,26 @@ def score_dataset(
         )
 
 
-def read_parquet(source: str | Path) -> ray.data.Dataset:
-    """A Parquet file, a folder of part files or a glob, as one Dataset with an INDEX
-    column: the row's position when the files are read in sorted order. Every file's
-    footer is read here first, so an unreadable file is named before any work starts."""
-    files = parquet_files(source)
+def read_parquet(source: str | Path | list[dict]) -> ray.data.Dataset:
+    """A Parquet file, a folder of part files or a glob (or its parquet_pieces), as one
+    Dataset with an INDEX column: the row's position when the files are read in sorted
+    order."""
+    pieces = parquet_pieces(source) if isinstance(source, (str, Path)) else source
+    return ray.data.from_items(pieces, override_num_blocks=len(pieces)).map_batches(
+        _read_row_group,
+        batch_size=1,
+        batch_format="pyarrow",
+        num_cpus=0,
+        compute=ray.data.TaskPoolStrategy(size=READERS),
+    )
+
+
+def parquet_pieces(source: str | Path) -> list[dict]:
+    """The row groups of the input with the position of each one's first row. Every
+    file's footer is read here, without Ray, so an unreadable file is named before any
+    work starts."""
     pieces, first = [], 0
-    for file in files:
+    for file in parquet_files(source):
         try:
             meta = pq.ParquetFile(file).metadata
         except (OSError, pa.ArrowException) as e:
@@ -135,13 +148,7 @@ def read_parquet(source: str | Path) -> ray.data.Dataset:
             first += meta.row_group(group).num_rows
     if not first:
         raise InputError(f"{source}: no rows")
-    return ray.data.from_items(pieces, override_num_blocks=len(pieces)).map_batches(
-        _read_row_group,
-        batch_size=1,
-        batch_format="pyarrow",
-        num_cpus=0,
-        compute=ray.data.TaskPoolStrategy(size=READERS),
-    )
+    return pieces
 
 
 def parquet_files(source: str | Path) -> list[Path]:

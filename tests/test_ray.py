@@ -200,9 +200,14 @@ def test_cli_engine_ray_writes_parquet_and_refuses_bad_input(parquet_dir, tmp_pa
     assert f"wrote {tmp_path / 'out'} ({ROWS} rows)" in r.stderr
     out = read_back(tmp_path / "out")
     np.testing.assert_array_equal(out["score"], EdgeVAE.load(TINY_BUNDLE).score(rows()))
+    (tmp_path / "bad.parquet").write_bytes(b"PAR1 not really")
     for args, message in (
         ([parquet_dir, "--engine", "ray", "-o", tmp_path / "out"], "already exists"),
         ([tmp_path / "none", "--engine", "ray", "-o", tmp_path / "o2"], "no Parquet file"),
+        (
+            [tmp_path / "bad.parquet", "--engine", "ray", "-o", tmp_path / "o2"],
+            "bad.parquet: not a readable Parquet file",
+        ),
         ([parquet_dir, "--keep", "id"], "--keep needs --engine ray"),
         ([parquet_dir, "--engine", "ray"], "-o OUT_DIR"),
         (
@@ -216,5 +221,7 @@ def test_cli_engine_ray_writes_parquet_and_refuses_bad_input(parquet_dir, tmp_pa
     ):
         r = run_cli("score", "--model", TINY_BUNDLE, *args)
         assert r.returncode == 2 and message in r.stderr, r.stderr
+        if "Parquet" in message:  # found before Ray starts: the one line is all there is
+            assert r.stderr.count("\n") == 1, r.stderr
         assert "Traceback" not in r.stderr
     assert not (tmp_path / "o2").exists()
