@@ -156,12 +156,27 @@ def test_every_row_appears_once_when_an_actor_is_killed(tmp_path):
     np.testing.assert_array_equal(out["score"], model.score(x, samples=16, seed=0))
 
 
-def test_a_corrupt_file_is_named_and_no_output_folder_is_left(parquet_dir, tmp_path):
+def _cut_footer(file: Path) -> None:
+    file.write_bytes(file.read_bytes()[:300])
+
+
+def _scramble_a_page(file: Path) -> None:
+    """Garble one column chunk's data page; the footer stays readable, so the file fails
+    only when a worker reads that row group."""
+    data = bytearray(file.read_bytes())
+    start = pq.ParquetFile(file).metadata.row_group(1).column(3).data_page_offset
+    for i in range(start + 20, start + 200):
+        data[i] ^= 0x5A
+    file.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("corrupt", [_cut_footer, _scramble_a_page])
+def test_a_corrupt_file_is_named_and_no_output_folder_is_left(parquet_dir, tmp_path, corrupt):
     import shutil
 
     bad = tmp_path / "bad"
     shutil.copytree(parquet_dir, bad)
-    (bad / "part-1.parquet").write_bytes((bad / "part-1.parquet").read_bytes()[:300])
+    corrupt(bad / "part-1.parquet")
     with pytest.raises(InputError) as e:
         write_parquet(score_dataset(read_parquet(bad), TINY_BUNDLE, actors=1), tmp_path / "out")
     assert str(e.value).startswith(f"{bad / 'part-1.parquet'}: not a readable Parquet file")
