@@ -98,23 +98,27 @@ def kl_divergence(mu: np.ndarray, logvar: np.ndarray) -> np.ndarray:
     return -0.5 * np.sum(1 + logvar - np.square(mu) - np.exp(logvar), axis=1)
 
 
-NOISE_BLOCK = 64  # rows that share one noise generator
+NOISE_ROWS = 64  # rows of one draw that share a noise generator (fewer with more draws)
 
 
 def row_noise(seed: int, first_row: int, n: int, samples: int, k: int) -> np.ndarray:
     """eps ~ N(0, I), (n, samples, k), for rows first_row .. first_row + n - 1 of an input.
 
-    Row r takes row r % NOISE_BLOCK of numpy.random.default_rng([seed, r // NOISE_BLOCK])
-    .standard_normal((NOISE_BLOCK, samples, k), dtype=float32): its eps depends on the seed
-    and its position in the input only, never on the batch, chunk or worker that scores it.
+    With R = max(1, NOISE_ROWS // samples), row r takes row r % R of
+    numpy.random.default_rng([seed, r // R]).standard_normal((R, samples, k), float32):
+    its eps depends on the seed and its position in the input only, never on the batch,
+    chunk or worker that scores it. Only the rows of a block up to the last one needed
+    are drawn, so a batch of one row with 1,000 draws draws no more than that row's.
     """
-    blocks = range(first_row // NOISE_BLOCK, (first_row + n - 1) // NOISE_BLOCK + 1)
-    eps = np.concatenate([
-        np.random.default_rng([seed, b]).standard_normal((NOISE_BLOCK, samples, k), np.float32)
-        for b in blocks
-    ])  # fmt: skip
-    offset = first_row - blocks[0] * NOISE_BLOCK
-    return eps[offset : offset + n]
+    per = max(1, NOISE_ROWS // samples)
+    end = first_row + n
+    parts = []
+    for block in range(first_row // per, (end - 1) // per + 1):
+        start = block * per
+        upto = min(end, start + per) - start  # rows of the block drawn, in order
+        eps = np.random.default_rng([seed, block]).standard_normal((upto, samples, k), np.float32)
+        parts.append(eps[max(first_row - start, 0) :])
+    return np.concatenate(parts)
 
 
 def draw_latents(mu: np.ndarray, logvar: np.ndarray, eps: np.ndarray) -> np.ndarray:

@@ -46,8 +46,9 @@ def test_runtime_tests_run_without_torch():
 # -- the same numbers as before the redesign ---------------------------------------------------
 # tests/data/*_reference.npz were written by the runtime as it stood before the scoring pass
 # was rewritten (commit "Reference scores from the runtime before the scoring redesign").
-# Scores with draws of rows 64 on were rewritten when noise became keyed by row position
-# (row_noise): rows 0-63 still match the old ones (block 0's generator is the old one).
+# Scores with draws were rewritten where they changed when noise became keyed by row
+# position (row_noise): with L draws the first max(1, 64 // L) rows still match the old
+# ones (block 0's generator is the old one).
 
 
 def test_shipped_model_scores_are_bit_identical_to_the_previous_runtime():
