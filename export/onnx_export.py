@@ -31,6 +31,7 @@ from vae_edge.runtime.data import umask
 from vae_edge.runtime.errors import InputError, VAEEdgeError
 from vae_edge.runtime.manifest import FORMAT_VERSION, MANIFEST_FILE, Graph, Manifest
 from vae_edge.runtime.model import EdgeVAE
+from vae_edge.runtime.protobuf import ir_version_and_opset
 from vae_edge.runtime.scoring import draw_latents, row_noise
 from vae_edge.training.model import VAE, kl_divergence
 from vae_edge.training.train import RunConfig, load_run
@@ -151,7 +152,7 @@ def _write_bundle(vae, folder: Path, models: dict, signatures: dict, manifest_di
     for name, model in models.items():
         file = folder / f"{name}.onnx"
         onnx.save_model(model, str(file))
-        manifest_dict[name] = _graph_entry(file, model, *signatures[name])
+        manifest_dict[name] = _graph_entry(file, *signatures[name])
     manifest_dict["parity"] = {}
     (folder / MANIFEST_FILE).write_text(Manifest.from_dict(manifest_dict).to_json())
     manifest_dict["parity"] = check_parity(vae, EdgeVAE.load(folder))
@@ -160,9 +161,12 @@ def _write_bundle(vae, folder: Path, models: dict, signatures: dict, manifest_di
     return manifest
 
 
-def _graph_entry(file: Path, model: onnx.ModelProto, inputs, outputs) -> dict:
-    opset = next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
-    return Graph(file.name, _sha256(file), inputs, outputs, model.ir_version, opset).__dict__
+def _graph_entry(file: Path, inputs, outputs) -> dict:
+    """The manifest's entry for a saved graph; its IR version and opset are read from the
+    file as the runtime's onnxruntime check reads them."""
+    data = file.read_bytes()
+    sha256 = hashlib.sha256(data).hexdigest()
+    return Graph(file.name, sha256, inputs, outputs, *ir_version_and_opset(data)).__dict__
 
 
 def lower(model: onnx.ModelProto, name: str) -> onnx.ModelProto:
@@ -257,7 +261,7 @@ def _quantize(fp32: Manifest, folder: Path, kind: str) -> Manifest:
             converted = _int8(file) if kind == "int8" else _fp16(file)
         _check_graph(converted, graph.file)
         onnx.save_model(converted, str(file))
-        graphs[graph.file] = _graph_entry(file, converted, graph.inputs, graph.outputs)
+        graphs[graph.file] = _graph_entry(file, graph.inputs, graph.outputs)
     how = {
         "int8": "onnxruntime.quantization.quantize_dynamic (int8 weights)",
         "fp16": "onnxruntime.transformers.float16 (fp16 inside, fp32 inputs and outputs)",
@@ -370,10 +374,6 @@ def check_parity(vae: VAE, edge: EdgeVAE, seed: int = 0) -> dict[str, float]:
 
 def _max_diff(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.max(np.abs(a.astype(np.float64) - b))) if a.shape == b.shape else float("inf")
-
-
-def _sha256(file: Path) -> str:
-    return hashlib.sha256(file.read_bytes()).hexdigest()
 
 
 def _version(dist: str) -> str:

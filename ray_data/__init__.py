@@ -140,7 +140,7 @@ def parquet_pieces(source: str | Path) -> list[dict]:
         try:
             meta = pq.ParquetFile(file).metadata
         except (OSError, pa.ArrowException) as e:
-            raise InputError(f"{file}: not a readable Parquet file ({_first_line(e)})") from None
+            raise _unreadable(file, e) from None
         if INDEX in meta.schema.names:
             raise InputError(f"{file}: has a column {INDEX!r}, which vae-edge adds itself")
         for group in range(meta.num_row_groups):
@@ -190,7 +190,7 @@ def _read_row_group(piece: pa.Table) -> pa.Table:
     try:
         table = pq.ParquetFile(file).read_row_group(group)
     except (OSError, pa.ArrowException) as e:
-        raise InputError(f"{file}: not a readable Parquet file ({_first_line(e)})") from None
+        raise _unreadable(file, e) from None
     index = pa.array(np.arange(first, first + table.num_rows, dtype=np.int64))
     return table.append_column(INDEX, index)
 
@@ -222,6 +222,10 @@ def _user_error(e: BaseException) -> VAEEdgeError | None:
     while cause is not None and not isinstance(cause, VAEEdgeError):
         cause = getattr(cause, "cause", None) or cause.__cause__
     return cause or (InputError(found[-1]) if found else None)
+
+
+def _unreadable(file, e: Exception) -> InputError:
+    return InputError(f"{file}: not a readable Parquet file ({_first_line(e)})")
 
 
 def _first_line(e: Exception) -> str:
