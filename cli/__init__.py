@@ -196,7 +196,8 @@ def sample(model_dir, n, seed, output, device, threads, no_verify):
 score_type_option = click.option(
     "--score-type",
     type=click.Choice(["recon", "elbo", "iwae"]),
-    help="recon: reconstruction loss; elbo: + KL (default); iwae: importance-weighted bound.",
+    help="recon: reconstruction loss; elbo: + KL; iwae: importance-weighted bound -L_k, "
+    "k = --samples. Default: the model's (vae.json default_score).",
 )
 
 
@@ -230,7 +231,8 @@ def reconstruct(model_dir, input_path, n, seed, output, device, threads):
 @click.argument("input_path", metavar="INPUT", type=click.Path(path_type=Path))
 @score_type_option
 @click.option("--samples", type=click.IntRange(min=0),
-              help="z draws per sample; 0 = deterministic, z = mu (default).")  # fmt: skip
+              help="z draws per sample; 0 = deterministic, z = mu. Default: the "
+                   "model's (tables 5, images 0).")  # fmt: skip
 @click.option("--seed", type=click.IntRange(min=0), help="NumPy noise seed (default 0).")
 @click.option("--batch-size", type=click.IntRange(min=1), default=1024, show_default=True)
 @click.option("--threshold", type=float, help="Flag scores above this (overrides the model's).")
@@ -357,7 +359,8 @@ def _progress(total: int | None, label: str):
 @click.option("--contamination", type=click.FloatRange(0, 1, min_open=True, max_open=True),
               help="Expected fraction of anomalies in --data.")  # fmt: skip
 @score_type_option
-@click.option("--samples", type=click.IntRange(min=0), default=0, show_default=True)
+@click.option("--samples", type=click.IntRange(min=0),
+              help="z draws per sample. Default: the model's.")  # fmt: skip
 @seed_option
 def calibrate(model_dir, data_path, quantile, contamination, score_type, samples, seed):
     """Set the model's anomaly threshold from data; stored in its vae.json."""
@@ -368,7 +371,7 @@ def calibrate(model_dir, data_path, quantile, contamination, score_type, samples
         raise click.UsageError("give --quantile or --contamination, not both")
     model = _load(model_dir, "cpu", None)
     t = anomaly.calibrate(model, read_input(data_path), quantile, contamination,
-                          score_type or "elbo", samples, seed)  # fmt: skip
+                          score_type, samples, seed)  # fmt: skip
     anomaly.write_threshold(model_dir, t)
     click.echo(
         f"threshold {t.value:.6g} ({t.rule} of {t.count} {t.score_type} scores, "

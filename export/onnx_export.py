@@ -17,6 +17,7 @@ import os
 import shutil
 import tempfile
 import warnings
+from dataclasses import asdict
 from importlib import metadata
 from pathlib import Path
 
@@ -34,7 +35,7 @@ from vae_edge.runtime.model import EdgeVAE
 from vae_edge.runtime.protobuf import ir_version_and_opset
 from vae_edge.runtime.scoring import draw_latents, row_noise
 from vae_edge.training.model import VAE, kl_divergence
-from vae_edge.training.train import RunConfig, load_run
+from vae_edge.training.train import RunConfig, default_score, load_run
 
 OPSET = 18  # what the exporter writes; lower() then takes each graph as low as it goes
 EXPORTER = (
@@ -137,6 +138,7 @@ def _build(vae: VAE, config: RunConfig, folder: Path) -> Manifest:
             "options": config.training,
             "summary": config.summary,
         },
+        "default_score": asdict(default_score(shape)),
         "threshold": None,
         "observation_logvar": _observation_logvar(vae),
     }

@@ -17,7 +17,7 @@ from vae_edge.runtime.data import atomic_output
 from vae_edge.runtime.errors import InputError
 from vae_edge.runtime.manifest import MANIFEST_FILE, Threshold, read_manifest
 from vae_edge.runtime.model import EdgeVAE
-from vae_edge.runtime.scoring import DEFAULT_SCORE_TYPE, ScoreSettings
+from vae_edge.runtime.scoring import ScoreSettings
 
 
 def calibrate(
@@ -25,12 +25,13 @@ def calibrate(
     x,
     quantile: float | None = None,
     contamination: float | None = None,
-    score_type: str = DEFAULT_SCORE_TYPE,
-    samples: int = 0,
-    seed: int = 0,
+    score_type: str | None = None,
+    samples: int | None = None,
+    seed: int | None = None,
 ) -> Threshold:
     """Threshold from data: the `quantile` of its scores (x normal), or the 1 - contamination
-    quantile (x holding that fraction of anomalies). Default: quantile 0.99."""
+    quantile (x holding that fraction of anomalies). Default: quantile 0.99. Scores as the
+    model does by default (score type, samples, seed) where not given."""
     if quantile is not None and contamination is not None:
         raise InputError("give either quantile or contamination, not both")
     if contamination is not None:
@@ -43,15 +44,20 @@ def calibrate(
             raise InputError(f"quantile must be in (0, 1), got {q}")
         rule = f"quantile {q:g}"
     x = np.asarray(x)
-    scores = model.score(x, samples=samples, seed=seed, score_type=score_type)
+    how = model._settings(score_type, samples, seed, None, None, flags=False)
+    scores = model.score(x, samples=how.samples, seed=how.seed, score_type=how.score_type)
     if len(scores) == 0:
         raise InputError("no samples to calibrate on")
+    value = float(np.quantile(scores.astype(np.float64), q))
+    if not np.isfinite(value):
+        raise InputError(f"the {rule} of the scores is {value}: too many samples score as "
+                         "infinite (far outside the training data)")  # fmt: skip
     digest = hashlib.sha256(np.ascontiguousarray(x).tobytes()).hexdigest()
     return Threshold(
-        value=float(np.quantile(scores.astype(np.float64), q)),
-        score_type=score_type,
-        samples=samples,
-        seed=seed,
+        value=value,
+        score_type=how.score_type,
+        samples=how.samples,
+        seed=how.seed,
         rule=rule,
         data_sha256=digest,
         count=len(scores),

@@ -71,6 +71,15 @@ class Graph:
 
 
 @dataclass(frozen=True)
+class DefaultScore:
+    """How the model scores when a call does not say (see ScoreSettings). Export chooses
+    it per kind of data; bundles exported before it was recorded score -ELBO at z = mu."""
+
+    score_type: str = "elbo"
+    samples: int = 0
+
+
+@dataclass(frozen=True)
 class Threshold:
     """A score above `value` is an anomaly; scores are computed with `score_type`,
     `samples` and `seed`. The rest records how the value was obtained."""
@@ -97,6 +106,7 @@ class Manifest:
     versions: dict[str, str] = field(default_factory=dict)
     parity: dict[str, float] = field(default_factory=dict)
     training: dict[str, Any] = field(default_factory=dict)
+    default_score: DefaultScore = DefaultScore()
     threshold: Threshold | None = None
     observation_logvar: list[float] | None = None  # Gaussian variance learned per feature
     format_version: int = FORMAT_VERSION
@@ -163,6 +173,7 @@ class Manifest:
             versions=_get(d, "versions", dict),
             parity=_get(d, "parity", dict),
             training=_get(d, "training", dict),
+            default_score=_default_score(d.get("default_score", {})),
             threshold=_threshold(d.get("threshold")),
             observation_logvar=_observation_logvar(d.get("observation_logvar"), math.prod(shape)),
         )
@@ -252,6 +263,15 @@ def _graph(d: dict, name: str) -> Graph:
         f"{name}.ir_version and {name}.opset must be positive integers",
     )
     return Graph(file, sha, inputs, outputs, *versions)
+
+
+def _default_score(d: Any) -> DefaultScore:
+    _check(isinstance(d, dict), "default_score must be an object")
+    score_type, samples = d.get("score_type", "elbo"), d.get("samples", 0)
+    _check(score_type in SCORE_TYPES, f"unknown default_score.score_type {score_type!r}")
+    _check(_is_int(samples) and samples >= 0, "default_score.samples must be an integer >= 0")
+    _check(score_type != "iwae" or samples >= 1, "default_score: iwae needs samples >= 1")
+    return DefaultScore(score_type, samples)
 
 
 def _threshold(d: Any) -> Threshold | None:

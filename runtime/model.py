@@ -22,7 +22,6 @@ from vae_edge.runtime.errors import BundleError, InputError, InputWarning
 from vae_edge.runtime.likelihood import Prepared, likelihood_of
 from vae_edge.runtime.scoring import (
     DEFAULT_BATCH_SIZE,
-    DEFAULT_SCORE_TYPE,
     DEFAULT_SEED,
     ScoredBatch,
     ScoreSettings,
@@ -95,9 +94,14 @@ class EdgeVAE:
 
     def _settings(self, score_type, samples, seed, threshold, batch_size, flags: bool):
         t = self.manifest.threshold
+        default = t or self.manifest.default_score
+        samples = samples if samples is not None else default.samples
+        if score_type is None:  # -L_k needs draws: asked for z = mu, such a model gives -ELBO
+            iwae_without_draws = default.score_type == "iwae" and samples == 0
+            score_type = "elbo" if iwae_without_draws else default.score_type
         settings = ScoreSettings(
-            score_type=score_type or (t.score_type if t else DEFAULT_SCORE_TYPE),
-            samples=samples if samples is not None else (t.samples if t else 0),
+            score_type=score_type,
+            samples=samples,
             seed=seed if seed is not None else (t.seed if t else DEFAULT_SEED),
             threshold=(threshold if threshold is not None else self.threshold) if flags else None,
             batch_size=batch_size or self.batch_size,
@@ -145,8 +149,9 @@ class EdgeVAE:
     ) -> np.ndarray:
         """Anomaly score per sample, (N,) float32, in nats (higher = more anomalous).
 
-        Settings left out are the ones stored with the model's threshold, else elbo,
-        samples 0, seed 0 (see ScoreSettings). Each score is measured from the sample's
+        Settings left out are the ones stored with the model's threshold, else the
+        manifest's default_score (tables: iwae, samples 5; images: elbo at z = mu), seed 0
+        (see ScoreSettings). Each score is measured from the sample's
         floor, the loss of a perfect reconstruction (see nll_floor): add nll_floor(x) to
         get the training loss's own units.
         """
@@ -214,7 +219,7 @@ class EdgeVAE:
             params = params.reshape(n, settings.samples, *self.manifest.input_shape)
             floor = None if batch.floor is None else batch.floor[:, None]
             losses = self.likelihood.nll(Prepared(batch.xp[:, None], floor), params)
-            scores = scores_over_draws(losses, mu, logvar, z, settings.score_type)
+            scores = scores_over_draws(losses, mu, logvar, z, eps, settings.score_type)
             features = losses.mean(axis=1) if per_feature else None
         flags = None if settings.threshold is None else scores > settings.threshold
         return ScoredBatch(start, scores, flags, features)

@@ -3,6 +3,7 @@ losses and the posterior (mu, logvar) to one number per sample. NumPy only."""
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -76,20 +77,25 @@ def scores_at_mean(losses, mu, logvar, score_type: str) -> np.ndarray:
     return (recon + kl_divergence(mu, logvar)).astype(np.float32)
 
 
-def scores_over_draws(losses, mu, logvar, z, score_type: str) -> np.ndarray:
-    """Scores from per-feature losses (n, L, *shape) of L draws z (n, L, k)."""
+def scores_over_draws(losses, mu, logvar, z, eps, score_type: str) -> np.ndarray:
+    """Scores from per-feature losses (n, L, *shape) of L draws z (n, L, k) made with noise
+    eps (n, L, k)."""
     n, draws = losses.shape[:2]
     recon = losses.reshape(n, draws, -1).sum(axis=2, dtype=np.float32)  # (n, L)
     if score_type == "recon":
         return recon.mean(axis=1)
     if score_type == "elbo":
         return (recon.mean(axis=1) + kl_divergence(mu, logvar)).astype(np.float32)
-    # iwae: log w = log p(x|z) + log p(z) - log q(z|x); the log(2 pi) terms cancel.
-    eps = (z - mu[:, None]) * np.exp(-0.5 * logvar)[:, None]
-    log_w = -recon - 0.5 * np.sum(np.square(z) - np.square(eps) - logvar[:, None], axis=2)
+    # iwae: log w = log p(x|z) + log p(z) - log q(z|x); the log(2 pi) terms cancel, and
+    # log q(z|x) takes the eps that made z (recovering it from z overflows for tiny
+    # variances). The ufuncs' own reductions: np.sum's, np.max's and np.mean's arithmetic
+    # without their Python overhead, most of the cost of a batch-1 call.
+    log_w = -recon - 0.5 * np.add.reduce(np.square(z) - np.square(eps) - logvar[:, None], axis=2)
     log_w = log_w.astype(np.float64)
-    top = log_w.max(axis=1, keepdims=True)
-    log_mean_w = top[:, 0] + np.log(np.mean(np.exp(log_w - top), axis=1))
+    top = np.maximum.reduce(log_w, axis=1, keepdims=True)
+    top[~np.isfinite(top)] = 0.0  # every weight 0 (a loss overflowed): the score is +inf
+    with np.errstate(divide="ignore"):
+        log_mean_w = top[:, 0] + np.log(np.add.reduce(np.exp(log_w - top), axis=1) / draws)
     return (-log_mean_w).astype(np.float32)
 
 
@@ -116,9 +122,17 @@ def row_noise(seed: int, first_row: int, n: int, samples: int, k: int) -> np.nda
     for block in range(first_row // per, (end - 1) // per + 1):
         start = block * per
         upto = min(end, start + per) - start  # rows of the block drawn, in order
-        eps = np.random.default_rng([seed, block]).standard_normal((upto, samples, k), np.float32)
-        parts.append(eps[max(first_row - start, 0) :])
+        parts.append(_noise_block(seed, block, upto, samples, k)[max(first_row - start, 0) :])
     return np.concatenate(parts)
+
+
+@functools.lru_cache(maxsize=8)
+def _noise_block(seed: int, block: int, rows: int, samples: int, k: int) -> np.ndarray:
+    """Kept: a stream of one-row calls scores row 0 each time, and seeding a generator costs
+    more than the rest of such a call's NumPy work."""
+    eps = np.random.default_rng([seed, block]).standard_normal((rows, samples, k), np.float32)
+    eps.flags.writeable = False
+    return eps
 
 
 def draw_latents(mu: np.ndarray, logvar: np.ndarray, eps: np.ndarray) -> np.ndarray:

@@ -44,7 +44,9 @@ def test_elbo_is_reconstruction_plus_closed_form_kl(cardio, cardio_bundle):
         recon = model.score(x, samples=samples, seed=3, score_type="recon")
         elbo = model.score(x, samples=samples, seed=3, score_type="elbo")
         np.testing.assert_allclose(elbo, recon + kl, rtol=1e-5, atol=1e-4)
-    np.testing.assert_array_equal(model.score(x), model.score(x, samples=0, score_type="elbo"))
+    # the model's default score: -L_5 (a table), and asked for z = mu: -ELBO
+    np.testing.assert_array_equal(model.score(x), model.score(x, 5, 0, "iwae"))
+    np.testing.assert_array_equal(model.score(x, samples=0), model.score(x, 0, 0, "elbo"))
 
 
 def test_iwae_bound_is_tighter_than_the_elbo_and_equals_it_for_one_draw(cardio, cardio_bundle):
@@ -133,7 +135,7 @@ def test_cli_calibrate_evaluate_and_score_with_per_feature(cardio, cardio_copy, 
     r = run_cli("calibrate", "--model", cardio_copy, "--data", normal, "--quantile", "0.98")
     assert r.returncode == 0, r.stderr
     t = json.loads((cardio_copy / "vae.json").read_text())["threshold"]
-    assert t["rule"] == "quantile 0.98" and t["score_type"] == "elbo"
+    assert t["rule"] == "quantile 0.98" and (t["score_type"], t["samples"]) == ("iwae", 5)
 
     labeled = tmp_path / "labeled.npz"
     np.savez(labeled, x=cardio["x"], y=cardio["y"])

@@ -2,6 +2,7 @@
 
 import hashlib
 import json
+import math
 
 import numpy as np
 import onnx
@@ -179,20 +180,54 @@ def test_fp16_variant_has_fp16_weights_fp32_io_and_scores_like_fp32(
 
 def test_the_committed_tiny_bundle_is_what_its_script_builds(tmp_path, tiny_bundle):
     """tests/data/tiny_bundle comes from a seeded run (`make tiny-bundle`): the same graphs
-    byte for byte, and the same manifest but for the run's wall time."""
+    and the same manifest, up to the last bits of float rounding (CPUs with other vector
+    units round torch's sums differently, so the bytes and digests may differ), and the
+    run's wall time."""
     import sys
     from pathlib import Path
+
+    from onnx import numpy_helper
 
     sys.path.insert(0, str(Path(__file__).parent))
     from make_tiny_bundle import build
 
     build(tmp_path / "tiny")
     for graph in ("encoder.onnx", "decoder.onnx"):
-        assert (tmp_path / "tiny" / graph).read_bytes() == (tiny_bundle / graph).read_bytes()
+        built, committed = (
+            onnx.load(folder / graph) for folder in (tmp_path / "tiny", tiny_bundle)
+        )
+        assert [(n.op_type, n.input, n.output) for n in built.graph.node] == [
+            (n.op_type, n.input, n.output) for n in committed.graph.node
+        ]
+        assert [t.name for t in built.graph.initializer] == [
+            t.name for t in committed.graph.initializer
+        ]
+        for a, b in zip(built.graph.initializer, committed.graph.initializer, strict=True):
+            np.testing.assert_allclose(numpy_helper.to_array(a), numpy_helper.to_array(b),
+                                       rtol=1e-4, atol=1e-6)  # fmt: skip
 
     def manifest(folder):
         m = json.loads((folder / "vae.json").read_text())
         del m["training"]["summary"]["seconds"]
+        for graph in ("encoder", "decoder"):
+            del m[graph]["sha256"]
         return m
 
-    assert manifest(tmp_path / "tiny") == manifest(tiny_bundle)
+    _assert_close(manifest(tmp_path / "tiny"), manifest(tiny_bundle), "vae.json")
+
+
+def _assert_close(built, committed, where: str) -> None:
+    """The same JSON but for floats within rounding noise (parity figures are differences
+    near 1e-7: noise themselves, hence the absolute 1e-5)."""
+    if isinstance(committed, float):
+        assert math.isclose(built, committed, rel_tol=1e-4, abs_tol=1e-5), where
+    elif isinstance(committed, dict):
+        assert built.keys() == committed.keys(), where
+        for k in committed:
+            _assert_close(built[k], committed[k], f"{where}.{k}")
+    elif isinstance(committed, list):
+        assert len(built) == len(committed), where
+        for i, (x, y) in enumerate(zip(built, committed, strict=True)):
+            _assert_close(x, y, f"{where}[{i}]")
+    else:
+        assert built == committed, where

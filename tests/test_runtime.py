@@ -241,6 +241,12 @@ def _edit_manifest(bundle, change):
         (lambda d: d.update(latent_dim=9), "graphs from a different model"),
         (lambda d: d["encoder"].update(outputs=["a", "b"]), "the manifest says"),
         (lambda d: d.update(threshold={"value": "high"}), "threshold"),
+        (lambda d: d.update(default_score={"score_type": "best"}), "default_score.score_type"),
+        (
+            lambda d: d.update(default_score={"score_type": "iwae", "samples": 0}),
+            "default_score: iwae needs samples >= 1",
+        ),  # fmt: skip
+        (lambda d: d.update(default_score={"samples": -1}), "default_score.samples"),
     ],
 )
 def test_a_bad_manifest_is_refused(tiny_bundle, tmp_path, change, message):

@@ -48,7 +48,9 @@ def test_runtime_tests_run_without_torch():
 # was rewritten (commit "Reference scores from the runtime before the scoring redesign").
 # Scores with draws were rewritten where they changed when noise became keyed by row
 # position (row_noise): with L draws the first max(1, 64 // L) rows still match the old
-# ones (block 0's generator is the old one).
+# ones (block 0's generator is the old one). The iwae scores were rewritten when log q(z|x)
+# began to take the eps that made z instead of recovering it from z (changes up to 3e-7
+# relative; it overflowed for tiny posterior variances).
 
 
 def test_shipped_model_scores_are_bit_identical_to_the_previous_runtime():
@@ -90,7 +92,7 @@ def test_tiny_bundle_scores_are_bit_identical_to_the_previous_runtime(tiny):
                 continue
             got = tiny.score(x, samples=samples, seed=3, score_type=score_type)
             np.testing.assert_array_equal(got, ref[f"{score_type}_{samples}"])
-    np.testing.assert_array_equal(tiny.feature_scores(x), ref["features_0"])
+    np.testing.assert_array_equal(tiny.feature_scores(x, samples=0), ref["features_0"])
     np.testing.assert_array_equal(tiny.feature_scores(x, samples=2, seed=1), ref["features_2"])
     np.testing.assert_array_equal(tiny.nll_floor(x), ref["floor"])
     np.testing.assert_array_equal(tiny.sample(10, seed=1), ref["sample"])
@@ -145,7 +147,16 @@ def test_score_batches_yields_typed_batches_from_one_pass(tiny):
 def test_settings_come_from_the_call_then_the_stored_threshold_then_defaults(tmp_path):
     bundle = tmp_path / "b"
     shutil.copytree(TINY, bundle)
-    assert EdgeVAE.load(bundle).settings() == ScoreSettings("elbo", 0, 0, None, 1024)
+    # a table model's default: -L_5; asked for z = mu without a score type: -ELBO at z = mu
+    assert EdgeVAE.load(bundle).settings() == ScoreSettings("iwae", 5, 0, None, 1024)
+    assert EdgeVAE.load(bundle).settings(samples=0) == ScoreSettings("elbo", 0, 0, None, 1024)
+    manifest = json.loads((bundle / "vae.json").read_text())
+    del manifest["default_score"]  # a bundle exported before it was recorded
+    (tmp_path / "old").mkdir()
+    shutil.copy(bundle / "encoder.onnx", tmp_path / "old")
+    shutil.copy(bundle / "decoder.onnx", tmp_path / "old")
+    (tmp_path / "old" / "vae.json").write_text(json.dumps(manifest))
+    assert EdgeVAE.load(tmp_path / "old").settings() == ScoreSettings("elbo", 0, 0, None, 1024)
     write_threshold(bundle, Threshold(value=5.0, score_type="iwae", samples=4, seed=2))
     model = EdgeVAE.load(bundle, batch_size=64)
     assert model.settings() == ScoreSettings("iwae", 4, 2, 5.0, 64)
@@ -340,3 +351,26 @@ def test_long_commands_show_progress_on_a_terminal_and_nothing_when_piped(tmp_pa
     piped = subprocess.run([sys.executable, "-m", "vae_edge.cli", *args],
                            capture_output=True, text=True)  # fmt: skip
     assert piped.returncode == 0 and piped.stderr == "", piped.stderr
+
+
+def test_iwae_stays_finite_for_a_tiny_posterior_variance():
+    from vae_edge.runtime.scoring import scores_over_draws
+
+    mu = np.zeros((1, 2), np.float32)
+    logvar = np.full((1, 2), -200.0, np.float32)  # exp(-logvar / 2) overflows float32
+    eps = np.ones((1, 3, 2), np.float32)
+    z = mu[:, None] + np.exp(0.5 * logvar)[:, None] * eps
+    losses = np.ones((1, 3, 4), np.float32)
+    score = scores_over_draws(losses, mu, logvar, z, eps, "iwae")
+    # log w = -4 - 0.5 * sum(z^2 - eps^2 - logvar) = -4 + 1 - 200 for each draw
+    np.testing.assert_allclose(score, [4 - 1 + 200], rtol=1e-6)
+
+
+def test_iwae_is_infinite_not_nan_when_every_loss_overflowed():
+    from vae_edge.runtime.scoring import scores_over_draws
+
+    mu, logvar = np.zeros((2, 1), np.float32), np.zeros((2, 1), np.float32)
+    eps = np.zeros((2, 2, 1), np.float32)
+    losses = np.array([[[np.inf], [np.inf]], [[1.0], [1.0]]], np.float32)
+    score = scores_over_draws(losses, mu, logvar, eps, eps, "iwae")
+    assert score[0] == np.inf and np.isfinite(score[1])

@@ -17,14 +17,14 @@ import numpy as np
 from vae_edge.export.onnx_export import export_run
 from vae_edge.runtime import EdgeVAE
 from vae_edge.runtime.anomaly import calibrate, write_threshold
-from vae_edge.runtime.scoring import DEFAULT_SCORE_TYPE
 from vae_edge.training.train import LR, PATIENCE, TrainOptions, train
 
 
 class VAEDetector:
     """Unsupervised anomaly detector (PyOD's interface: fit, decision_function, predict,
     decision_scores_, threshold_, labels_). Training options as for `vae-edge train`;
-    None = chosen from the data. bundle_dir: where the exported bundle is kept (default:
+    None = chosen from the data; score_type and samples None = the bundle's default_score
+    (tables: iwae over 5 draws). bundle_dir: where the exported bundle is kept (default:
     a temporary directory that lives as long as the detector)."""
 
     def __init__(
@@ -40,8 +40,8 @@ class VAEDetector:
         hidden: tuple[int, ...] | None = None,
         likelihood: str | None = None,
         trim: float | None = None,
-        score_type: str = DEFAULT_SCORE_TYPE,
-        samples: int = 0,
+        score_type: str | None = None,
+        samples: int | None = None,
         seed: int = 0,
         bundle_dir: str | Path | None = None,
     ):

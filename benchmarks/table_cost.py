@@ -1,0 +1,92 @@
+"""What a table model's default score (-L_k over TABLE_SCORE.samples z draws) costs at the
+edge, against the score it replaced (-ELBO at z = mu), on the same bundle in the same run.
+
+    python benchmarks/table_cost.py [DATA_DIR]     (default $VAE_EDGE_DATA/odds)
+
+For three tabular sets of different widths: `train` with defaults on the whole set,
+`export`, then EdgeVAE.score latency at batch 1 (p50 / p95, the two scores taking turns in
+short bursts, one thread: vae_edge.runtime.bench.time_calls) and samples/s at batch 1024,
+and the bundle's size. Writes benchmarks/results/table_cost.{json,md}.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import sys
+import tempfile
+from importlib import metadata
+from pathlib import Path
+
+import numpy as np
+from report import write_results
+
+from vae_edge.export.onnx_export import export_run
+from vae_edge.runtime import EdgeVAE
+from vae_edge.runtime.bench import summarize, time_calls
+from vae_edge.training.train import TABLE_SCORE, train
+
+SETS = ("thyroid", "cardio", "arrhythmia")  # 6, 21 and 274 columns
+SECONDS = 3.0
+LIMIT = 1.5  # the most a default score may cost at batch 1 against the one it replaced
+
+
+def measure(file: Path) -> dict:
+    with np.load(file) as f:
+        x = f["x"].astype(np.float32)
+    with tempfile.TemporaryDirectory() as tmp:
+        np.save(Path(tmp) / "x.npy", x)
+        train(str(Path(tmp) / "x.npy"), Path(tmp) / "run", progress=False)
+        export_run(Path(tmp) / "run", Path(tmp) / "bundle")
+        size = sum(p.stat().st_size for p in (Path(tmp) / "bundle").iterdir())
+        model = EdgeVAE.load(Path(tmp) / "bundle", threads=1)
+        scores = {"default": lambda b: model.score(b),
+                  "before": lambda b: model.score(b, samples=0, score_type="elbo")}  # fmt: skip
+        one, many = x[:1], x[np.arange(1024) % len(x)]
+        times = time_calls({k: (lambda f=f: f(one)) for k, f in scores.items()}, SECONDS)
+        bulk = time_calls({k: (lambda f=f: f(many)) for k, f in scores.items()}, SECONDS)
+    batch1 = {k: summarize(t, 1) for k, t in times.items()}
+    return {
+        "columns": x.shape[1],
+        "bundle_bytes": size,
+        "batch1": batch1,
+        "batch1024_samples_per_s": {
+            k: summarize(t, 1024)["samples_per_s"] for k, t in bulk.items()
+        },
+        "batch1_p50_ratio": batch1["default"]["p50_us"] / batch1["before"]["p50_us"],
+    }
+
+
+def main(data_dir: str | None = None) -> None:
+    data_dir = Path(data_dir or Path(os.environ.get("VAE_EDGE_DATA", "../shared/data")) / "odds")
+    results = {name: measure(data_dir / f"{name}.npz") for name in SETS}
+    versions = {p: metadata.version(p) for p in ("vae-edge", "torch", "onnxruntime", "numpy")}
+    machine = f"{platform.machine()}, {os.cpu_count()} cores, {platform.platform()}"
+    default = f"{TABLE_SCORE.score_type} over {TABLE_SCORE.samples} draws"
+    lines = [
+        f"| set (columns) | batch 1 p50 / p95, default ({default}) | -ELBO at z = mu "
+        "(before) | ratio | samples/s at batch 1024, default / before | bundle kB |",
+        "| --- | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for name, r in results.items():
+        d, b = r["batch1"]["default"], r["batch1"]["before"]
+        bulk = r["batch1024_samples_per_s"]
+        lines.append(
+            f"| {name} ({r['columns']}) | {d['p50_us']:.1f} / {d['p95_us']:.1f} us | "
+            f"{b['p50_us']:.1f} / {b['p95_us']:.1f} us | {r['batch1_p50_ratio']:.2f}x | "
+            f"{bulk['default']:,.0f} / {bulk['before']:,.0f} | {r['bundle_bytes'] / 1e3:.0f} |"
+        )
+    worst = max(r["batch1_p50_ratio"] for r in results.values())
+    lines += ["", f"Largest batch-1 ratio: {worst:.2f}x (limit {LIMIT}x): "
+              + ("met." if worst <= LIMIT else "NOT met.")]  # fmt: skip
+    header = (
+        "A table model's default score against the one it replaced, same bundle, same run, "
+        f"one thread. {machine}; " + ", ".join(f"{k} {v}" for k, v in versions.items()) + "."
+    )
+    data = {"sets": results, "largest_batch1_ratio": worst, "limit": LIMIT,
+            "versions": versions, "machine": machine}  # fmt: skip
+    write_results("table_cost", data, header, "\n".join(lines))
+
+
+if __name__ == "__main__":
+    main(*sys.argv[1:])
