@@ -81,7 +81,7 @@ def scores_over_draws(losses, mu, logvar, z, eps, score_type: str) -> np.ndarray
     """Scores from per-feature losses (n, L, *shape) of L draws z (n, L, k) made with noise
     eps (n, L, k)."""
     n, draws = losses.shape[:2]
-    recon = losses.reshape(n, draws, -1).sum(axis=2, dtype=np.float32)  # (n, L)
+    recon = np.add.reduce(losses.reshape(n, draws, -1), axis=2, dtype=np.float32)  # (n, L)
     if score_type == "recon":
         return recon.mean(axis=1)
     if score_type == "elbo":
@@ -92,11 +92,14 @@ def scores_over_draws(losses, mu, logvar, z, eps, score_type: str) -> np.ndarray
     # without their Python overhead, most of the cost of a batch-1 call.
     log_w = -recon - 0.5 * np.add.reduce(np.square(z) - np.square(eps) - logvar[:, None], axis=2)
     log_w = log_w.astype(np.float64)
-    top = np.maximum.reduce(log_w, axis=1, keepdims=True)
-    top[~np.isfinite(top)] = 0.0  # every weight 0 (a loss overflowed): the score is +inf
-    with np.errstate(divide="ignore"):
-        log_mean_w = top[:, 0] + np.log(np.add.reduce(np.exp(log_w - top), axis=1) / draws)
+    # initial: a finite top where every weight is 0 (a loss overflowed), so the score is
+    # +inf there, not NaN; elsewhere it changes nothing.
+    top = np.maximum.reduce(log_w, axis=1, keepdims=True, initial=_LOWEST)
+    log_mean_w = top[:, 0] + np.log(np.add.reduce(np.exp(log_w - top), axis=1) / draws)
     return (-log_mean_w).astype(np.float32)
+
+
+_LOWEST = float(np.finfo(np.float64).min)
 
 
 def kl_divergence(mu: np.ndarray, logvar: np.ndarray) -> np.ndarray:
