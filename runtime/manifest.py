@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from vae_edge.runtime.errors import BundleError
-from vae_edge.runtime.scoring import SCORE_TYPES
+from vae_edge.runtime.scoring import DEFAULT_SCORE_TYPE, SCORE_TYPES
 
 FORMAT_VERSION = 1
 MANIFEST_FILE = "vae.json"
@@ -75,7 +75,7 @@ class DefaultScore:
     """How the model scores when a call does not say (see ScoreSettings). Export chooses
     it per kind of data; bundles exported before it was recorded score -ELBO at z = mu."""
 
-    score_type: str = "elbo"
+    score_type: str = DEFAULT_SCORE_TYPE
     samples: int = 0
 
 
@@ -267,7 +267,9 @@ def _graph(d: dict, name: str) -> Graph:
 
 def _default_score(d: Any) -> DefaultScore:
     _check(isinstance(d, dict), "default_score must be an object")
-    score_type, samples = d.get("score_type", "elbo"), d.get("samples", 0)
+    before = DefaultScore()  # what bundles exported before the field was recorded score
+    score_type = d.get("score_type", before.score_type)
+    samples = d.get("samples", before.samples)
     _check(score_type in SCORE_TYPES, f"unknown default_score.score_type {score_type!r}")
     _check(_is_int(samples) and samples >= 0, "default_score.samples must be an integer >= 0")
     _check(score_type != "iwae" or samples >= 1, "default_score: iwae needs samples >= 1")

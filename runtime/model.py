@@ -205,7 +205,7 @@ class EdgeVAE:
     def _score_batch(self, x, start: int, settings: ScoreSettings, per_feature: bool):
         """One batch of rows x (n, *input_shape), the first being row `start` of the input."""
         batch = self._prepare(x, start)
-        if settings.samples == 0:  # z = mu: the default, and the whole cost of a batch-1 call
+        if settings.samples == 0:  # z = mu: images' default; one decoder row per sample
             mu, logvar, params = self.bundle.run_at_mean(batch.xp)
             losses = self.likelihood.nll(batch, params)  # (n, *input_shape)
             scores = scores_at_mean(losses, mu, logvar, settings.score_type)

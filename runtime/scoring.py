@@ -12,9 +12,10 @@ import numpy as np
 from vae_edge.runtime.errors import InputError
 
 SCORE_TYPES = ("recon", "elbo", "iwae")
-DEFAULT_SCORE_TYPE = "elbo"  # best on the ODDS benchmark (README, benchmarks/results/)
+DEFAULT_SCORE_TYPE = "elbo"  # a bundle's own default is its manifest's default_score
 DEFAULT_SEED = 0  # the seed when none is given, so score() and predict() agree call after call
 DEFAULT_BATCH_SIZE = 1024
+_LOWEST = float(np.finfo(np.float64).min)  # where every importance weight is 0, see iwae
 
 
 @dataclass(frozen=True)
@@ -97,9 +98,6 @@ def scores_over_draws(losses, mu, logvar, z, eps, score_type: str) -> np.ndarray
     top = np.maximum.reduce(log_w, axis=1, keepdims=True, initial=_LOWEST)
     log_mean_w = top[:, 0] + np.log(np.add.reduce(np.exp(log_w - top), axis=1) / draws)
     return (-log_mean_w).astype(np.float32)
-
-
-_LOWEST = float(np.finfo(np.float64).min)
 
 
 def kl_divergence(mu: np.ndarray, logvar: np.ndarray) -> np.ndarray:
