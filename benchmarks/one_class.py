@@ -5,9 +5,10 @@
 
 Protocol (../shared/data/README.md): for each digit d, train with default settings on the
 training images of d (`vae-edge train --normal-class d`), export, score all 10,000 test
-images with EdgeVAE.score (defaults), label = (digit != d). Writes
-benchmarks/results/one_class.{json,md}; a variant (training options other than the
-defaults: --latent-dim, --trim, --arch; or some --digits) only prints its figures.
+images with EdgeVAE.score, label = (digit != d). Each score type is measured on the same
+bundles: the default (the manifest's default_score) and the alternatives it was chosen
+among. Writes benchmarks/results/one_class.{json,md}; a variant (training options other
+than the defaults: --latent-dim, --trim, --arch; or some --digits) only prints its figures.
 """
 
 from __future__ import annotations
@@ -28,6 +29,24 @@ from vae_edge.runtime import EdgeVAE
 from vae_edge.runtime.anomaly import roc_auc
 from vae_edge.training.train import train
 
+# Each score, as EdgeVAE.score options; "default" is the bundle's default_score.
+SCORES = {
+    "default": {},
+    "elbo": {"score_type": "elbo", "samples": 0, "complexity": False},
+    "recon": {"score_type": "recon", "samples": 0, "complexity": False},
+    "iwae5": {"score_type": "iwae", "samples": 5, "complexity": False},
+    "iwae5_per_bit": {"score_type": "iwae", "samples": 5, "complexity": True},
+    "recon_per_bit": {"score_type": "recon", "samples": 0, "complexity": True},
+}
+LABELS = {
+    "default": "**default: -ELBO at z = mu per PNG bit**",
+    "elbo": "-ELBO at z = mu (the default before)",
+    "recon": "reconstruction loss at z = mu",
+    "iwae5": "-L_5 (iwae, 5 draws)",
+    "iwae5_per_bit": "-L_5 per PNG bit",
+    "recon_per_bit": "reconstruction loss per PNG bit",
+}
+
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -35,9 +54,10 @@ def main() -> None:
     parser.add_argument("--latent-dim", type=int)
     parser.add_argument("--trim", type=float)
     parser.add_argument("--arch", choices=("mlp", "conv"))
+    parser.add_argument("--epochs", type=int, help="a quick check, not the protocol")
     parser.add_argument("--digits", default="0,1,2,3,4,5,6,7,8,9")
     args = parser.parse_args()
-    variant = {k: getattr(args, k) for k in ("latent_dim", "trim", "arch")}
+    variant = {k: getattr(args, k) for k in ("latent_dim", "trim", "arch", "epochs")}
     variant = {k: v for k, v in variant.items() if v is not None}
     digits = [int(d) for d in args.digits.split(",")]
     mnist = Path(args.mnist or Path(os.environ.get("VAE_EDGE_DATA", "../shared/data")))
@@ -45,41 +65,55 @@ def main() -> None:
     with np.load(mnist) as f:
         x_test, y_test = f["x_test"], f["y_test"]
     started = time.perf_counter()
-    aurocs, epochs = {}, {}
+    aurocs = {name: {} for name in SCORES}  # score -> digit -> AUROC
+    epochs = {}
     for digit in digits:
         with tempfile.TemporaryDirectory() as tmp:
             run, bundle = Path(tmp) / "run", Path(tmp) / "bundle"
             config = train(str(mnist), run, normal_class=digit, progress=False, **variant)
             export_run(run, bundle)
-            scores = EdgeVAE.load(bundle).score(x_test)
-        aurocs[digit] = roc_auc(y_test != digit, scores)
+            model = EdgeVAE.load(bundle)
+            for name, options in SCORES.items():
+                aurocs[name][digit] = roc_auc(y_test != digit, model.score(x_test, **options))
         epochs[digit] = config.summary["epochs_run"]
         print(
-            f"digit {digit}: AUROC {aurocs[digit]:.4f}, {epochs[digit]} epochs "
+            f"digit {digit}: AUROC {aurocs['default'][digit]:.4f} (-ELBO alone "
+            f"{aurocs['elbo'][digit]:.4f}), {epochs[digit]} epochs "
             f"({time.perf_counter() - started:.0f} s)"
         )
-    mean = float(np.mean(list(aurocs.values())))
+    means = {name: float(np.mean(list(a.values()))) for name, a in aurocs.items()}
     if variant or len(digits) < 10:
-        print(f"variant {variant}, digits {digits}: mean AUROC {mean:.4f}")
+        print(f"variant {variant}, digits {digits}: mean AUROC {means['default']:.4f} "
+              f"(-ELBO alone {means['elbo']:.4f})")  # fmt: skip
         return
     versions = {p: metadata.version(p) for p in ("vae-edge", "torch", "onnxruntime", "numpy")}
     machine = f"{platform.machine()}, {os.cpu_count()} cores, {platform.platform()}"
     seconds = round(time.perf_counter() - started)
     header = (
-        "One-class MNIST AUROC, default settings (784-512-256-32 MLP, Bernoulli, one-cycle "
-        "learning rate, KL warm-up, early stopping, on the digit's training images; score = "
-        f"-ELBO at z = mu, measured from each image's floor). {machine}; "
-        + ", ".join(f"{k} {v}" for k, v in versions.items())
-        + f"; {seconds} s."
+        "One-class MNIST AUROC, default training (784-512-256-32 MLP, Bernoulli, one-cycle "
+        "learning rate, KL warm-up, early stopping, on the digit's training images); one "
+        "bundle per digit, scored each way; losses measured from each image's floor. "
+        f"{machine}; " + ", ".join(f"{k} {v}" for k, v in versions.items()) + f"; {seconds} s."
     )
-    table = "\n".join(
-        ["| digit | " + " | ".join(map(str, aurocs)) + " | mean |",
-         "| --- |" + " ---: |" * 11,
-         "| AUROC | " + " | ".join(f"{a:.3f}" for a in aurocs.values()) + f" | **{mean:.3f}** |"]
-    )  # fmt: skip
-    data = {"auroc": aurocs, "mean_auroc": mean, "epochs_run": epochs, "versions": versions,
+    data = {"auroc": aurocs, "mean_auroc": means, "epochs_run": epochs, "versions": versions,
             "machine": machine, "seconds": seconds}  # fmt: skip
-    write_results("one_class", data, header, table)
+    write_results("one_class", data, header, table(aurocs, digits))
+
+
+def table(aurocs: dict, digits: list[int]) -> str:
+    """Markdown: a row per score, a column per digit, mean, worst, digits won from -ELBO."""
+    elbo = aurocs["elbo"]
+    lines = ["| score | " + " | ".join(map(str, digits)) + " | mean | worst | better than "
+             "-ELBO on |", "| --- |" + " ---: |" * (len(digits) + 3)]  # fmt: skip
+    for name, a in aurocs.items():
+        mean = f"{np.mean(list(a.values())):.3f}"
+        better = sum(a[d] > elbo[d] for d in digits)
+        worse = sum(a[d] < elbo[d] for d in digits)
+        versus = "-" if name == "elbo" else f"{better} digits (worse on {worse})"
+        cells = [f"{a[d]:.3f}" for d in digits]
+        cells += [f"**{mean}**" if name == "default" else mean, f"{min(a.values()):.3f}", versus]
+        lines.append(f"| {LABELS[name]} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

@@ -199,6 +199,12 @@ score_type_option = click.option(
     help="recon: reconstruction loss; elbo: + KL; iwae: importance-weighted bound -L_k, "
     "k = --samples. Default: the model's (vae.json default_score).",
 )
+complexity_option = click.option(
+    "--complexity/--no-complexity",
+    default=None,
+    help="Divide each score by the image's size in bits as a PNG (image models with the "
+    "bernoulli likelihood). Default: the model's (on for such images).",
+)
 
 
 @cli.command()
@@ -233,6 +239,7 @@ def reconstruct(model_dir, input_path, n, seed, output, device, threads):
 @click.option("--samples", type=click.IntRange(min=0),
               help="z draws per sample; 0 = deterministic, z = mu. Default: the "
                    "model's (tables 5, images 0).")  # fmt: skip
+@complexity_option
 @click.option("--seed", type=click.IntRange(min=0), help="NumPy noise seed (default 0).")
 @click.option("--batch-size", type=click.IntRange(min=1), default=1024, show_default=True)
 @click.option("--threshold", type=float, help="Flag scores above this (overrides the model's).")
@@ -254,9 +261,9 @@ def reconstruct(model_dir, input_path, n, seed, output, device, threads):
 @click.option("--keep", help="Columns carried into the output, e.g. an id: COL,...")
 @click.option("--columns", help="The model's features, in order: COL,... (default: every "
               "column not kept, in file order; or one tensor column).")  # fmt: skip
-def score(model_dir, input_path, score_type, samples, seed, batch_size, threshold, per_feature,
-          output, device, threads, no_verify, engine, address, actors, cpus_per_actor, keep,
-          columns):  # fmt: skip
+def score(model_dir, input_path, score_type, samples, complexity, seed, batch_size, threshold,
+          per_feature, output, device, threads, no_verify, engine, address, actors,
+          cpus_per_actor, keep, columns):  # fmt: skip
     """Score INPUT (.npz/.npy/.csv/.png or a PNG folder): anomaly score per sample.
 
     Scoring settings left out are the ones stored with the model's threshold, if it has
@@ -279,7 +286,7 @@ def score(model_dir, input_path, score_type, samples, seed, batch_size, threshol
             raise click.UsageError("--engine ray scores on CPUs: use --cpus-per-actor, not "
                                    "--device or --threads")  # fmt: skip
         model = _load(model_dir, "cpu", 1, not no_verify)  # checked here, before any worker
-        settings = model.settings(score_type, samples, seed, threshold, batch_size)
+        settings = model.settings(score_type, samples, seed, threshold, batch_size, complexity)
         rows = _score_on_ray(input_path, output, model_dir, settings, per_feature, address,
                              actors, cpus_per_actor, _names(keep), _names(columns))  # fmt: skip
         click.echo(f"wrote {output} ({rows} rows)", err=True)
@@ -293,7 +300,7 @@ def score(model_dir, input_path, score_type, samples, seed, batch_size, threshol
     if output is not None:
         check_writable(output)
     model = _load(model_dir, device, threads, not no_verify)
-    settings = model.settings(score_type, samples, seed, threshold, batch_size)
+    settings = model.settings(score_type, samples, seed, threshold, batch_size, complexity)
     try:
         total, chunks = stream_input(input_path, rows=max(batch_size, 4096))
         batches = model.score_batches(chunks, settings, per_feature)
@@ -361,8 +368,10 @@ def _progress(total: int | None, label: str):
 @score_type_option
 @click.option("--samples", type=click.IntRange(min=0),
               help="z draws per sample. Default: the model's.")  # fmt: skip
+@complexity_option
 @seed_option
-def calibrate(model_dir, data_path, quantile, contamination, score_type, samples, seed):
+def calibrate(model_dir, data_path, quantile, contamination, score_type, samples, complexity,
+              seed):  # fmt: skip
     """Set the model's anomaly threshold from data; stored in its vae.json."""
     from vae_edge.runtime import anomaly
     from vae_edge.runtime.data import read_input
@@ -371,10 +380,11 @@ def calibrate(model_dir, data_path, quantile, contamination, score_type, samples
         raise click.UsageError("give --quantile or --contamination, not both")
     model = _load(model_dir, "cpu", None)
     t = anomaly.calibrate(model, read_input(data_path), quantile, contamination,
-                          score_type, samples, seed)  # fmt: skip
+                          score_type, samples, seed, complexity)  # fmt: skip
     anomaly.write_threshold(model_dir, t)
+    per_bit = " per PNG bit" if t.complexity else ""
     click.echo(
-        f"threshold {t.value:.6g} ({t.rule} of {t.count} {t.score_type} scores, "
+        f"threshold {t.value:.6g} ({t.rule} of {t.count} {t.score_type}{per_bit} scores, "
         f"samples {t.samples}, seed {t.seed}) written to {model_dir / 'vae.json'}"
     )
 

@@ -138,7 +138,7 @@ def _build(vae: VAE, config: RunConfig, folder: Path) -> Manifest:
             "options": config.training,
             "summary": config.summary,
         },
-        "default_score": asdict(default_score(shape)),
+        "default_score": asdict(default_score(shape, m.likelihood)),
         "threshold": None,
         "observation_logvar": _observation_logvar(vae),
     }
@@ -342,8 +342,8 @@ def check_parity(vae: VAE, edge: EdgeVAE, seed: int = 0) -> dict[str, float]:
         dec_o = edge.bundle.run_decoder(z)
         # Scores are measured from the floor; PyTorch's loss is not. Both are compared
         # with the floor taken off on the torch side by the torch mirror of the likelihood.
-        score_o = edge.score(raw, samples=1, seed=seed, score_type="recon")
-        elbo_o = edge.score(raw, samples=0, score_type="elbo")
+        score_o = edge.score(raw, samples=1, seed=seed, score_type="recon", complexity=False)
+        elbo_o = edge.score(raw, samples=0, score_type="elbo", complexity=False)
         eps_z = draw_latents(mu_o, logvar_o, row_noise(seed, 0, n, 1, k))[:, 0]
         with torch.no_grad():
             mu_t, logvar_t = (t.numpy() for t in vae.encode(x_t))

@@ -28,10 +28,11 @@ def calibrate(
     score_type: str | None = None,
     samples: int | None = None,
     seed: int | None = None,
+    complexity: bool | None = None,
 ) -> Threshold:
     """Threshold from data: the `quantile` of its scores (x normal), or the 1 - contamination
     quantile (x holding that fraction of anomalies). Default: quantile 0.99. Scores as the
-    model does by default (score type, samples, seed) where not given."""
+    model does by default (score type, samples, seed, complexity) where not given."""
     if quantile is not None and contamination is not None:
         raise InputError("give either quantile or contamination, not both")
     if contamination is not None:
@@ -44,8 +45,8 @@ def calibrate(
             raise InputError(f"quantile must be in (0, 1), got {q}")
         rule = f"quantile {q:g}"
     x = np.asarray(x)
-    how = model._settings(score_type, samples, seed, None, None, flags=False)
-    scores = model.score(x, samples=how.samples, seed=how.seed, score_type=how.score_type)
+    how = model._settings(score_type, samples, seed, None, None, complexity, flags=False)
+    scores = model.score(x, how.samples, how.seed, how.score_type, how.complexity)
     if len(scores) == 0:
         raise InputError("no samples to calibrate on")
     value = float(np.quantile(scores.astype(np.float64), q))
@@ -58,6 +59,7 @@ def calibrate(
         score_type=how.score_type,
         samples=how.samples,
         seed=how.seed,
+        complexity=how.complexity,
         rule=rule,
         data_sha256=digest,
         count=len(scores),
@@ -115,7 +117,7 @@ def likelihood_figures(model: EdgeVAE, x, k: int = 1000, seed: int = 0, on_batch
     floor = model.nll_floor(x)  # scores are measured from it; the figures are not
     if len(floor) == 0:
         raise InputError("no samples to evaluate")
-    neg_elbo = model.score(x, samples=1, seed=seed, score_type="elbo") + floor
+    neg_elbo = model.score(x, samples=1, seed=seed, score_type="elbo", complexity=False) + floor
     iwae = ScoreSettings("iwae", k, seed, batch_size=model.batch_size)
     parts = []
     for batch in model.score_batches([x], iwae):

@@ -17,6 +17,7 @@ from typing import NamedTuple
 import numpy as np
 
 from vae_edge.runtime.errors import InputError
+from vae_edge.runtime.manifest import is_channels_first
 
 SUFFIXES = (".npz", ".npy", ".csv", ".png")
 
@@ -287,7 +288,7 @@ def image_grid(images: np.ndarray, columns: int | None = None) -> np.ndarray:
     """Tile images (N, H, W), (N, H, W, C) or (N, C, H, W) into one uint8 picture.
     Values in [0, 1] map to 0..255; anything else is min-max scaled first."""
     images = np.asarray(images, np.float32)
-    if images.ndim == 4 and images.shape[1] in (1, 3) and images.shape[-1] not in (1, 3):
+    if images.ndim == 4 and is_channels_first(images.shape[1:]):
         images = np.moveaxis(images, 1, -1)  # (N, C, H, W) -> (N, H, W, C)
     low, high = float(images.min()), float(images.max())
     if low < 0 or high > 1:

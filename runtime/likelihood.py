@@ -8,13 +8,14 @@ mirrors it in the training package (VAE.reconstruction_nll, VAE.nll_floor).
 
 from __future__ import annotations
 
+import io
 import math
 from typing import NamedTuple
 
 import numpy as np
 
 from vae_edge.runtime.errors import InputError
-from vae_edge.runtime.manifest import Manifest, Preprocessing
+from vae_edge.runtime.manifest import Manifest, Preprocessing, is_channels_first
 
 HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
 
@@ -76,6 +77,25 @@ class Bernoulli:
         """The decoder mean in the data's units."""
         with np.errstate(over="ignore"):  # exp(-l) = inf for l << 0 gives mean 0, rightly
             return self.preprocessing.invert(1 / (1 + np.exp(-logits)))
+
+    def png_bits(self, batch: Prepared) -> np.ndarray:
+        """Each image's complexity: its size in bits as a greyscale PNG (Pillow's default
+        compression) of its 8-bit levels, channels stacked as rows. A likelihood scores
+        simple images (few strokes, flat areas) as likely whatever their class; dividing by
+        a lossless compressor's length takes that out (Serra et al., "Input complexity and
+        out-of-distribution detection with likelihood-based generative models", 2020)."""
+        from PIL import Image  # here: only image scores need it
+
+        levels = np.round(batch.xp * 255).astype(np.uint8)
+        pages = levels.reshape(len(levels), -1, levels.shape[-1])
+        if levels.ndim == 4 and not is_channels_first(levels.shape[1:]):  # (H, W, C): a row
+            pages = levels.reshape(len(levels), levels.shape[1], -1)  # holds W * C levels
+        bits = np.empty(len(pages), np.float32)
+        for i, page in enumerate(pages):
+            out = io.BytesIO()
+            Image.fromarray(page).save(out, format="PNG")
+            bits[i] = 8 * out.tell()
+        return bits
 
     def example_inputs(self, rng: np.random.Generator, shape) -> np.ndarray:
         """Valid encoder inputs for checks: uniform in [0, 1]."""

@@ -77,6 +77,7 @@ class DefaultScore:
 
     score_type: str = DEFAULT_SCORE_TYPE
     samples: int = 0
+    complexity: bool = False
 
 
 @dataclass(frozen=True)
@@ -88,6 +89,7 @@ class Threshold:
     score_type: str = "elbo"
     samples: int = 0
     seed: int = 0
+    complexity: bool = False
     rule: str = ""  # e.g. "quantile 0.99" or "contamination 0.05"
     data_sha256: str = ""
     count: int = 0
@@ -119,6 +121,12 @@ class Manifest:
     @property
     def n_features(self) -> int:
         return math.prod(self.input_shape)
+
+    @property
+    def has_complexity(self) -> bool:
+        """Samples with a complexity (ScoreSettings.complexity): images whose values are
+        grey levels in [0, 1], the Bernoulli likelihood's."""
+        return is_image_shape(self.input_shape) and self.likelihood == "bernoulli"
 
     @property
     def is_image(self) -> bool:
@@ -185,6 +193,12 @@ class Manifest:
             likelihood != "bernoulli" or manifest.preprocessing.kind == "scale",
             "a bernoulli likelihood needs 'scale' preprocessing",
         )
+        t = manifest.threshold
+        divides = manifest.default_score.complexity or (t is not None and t.complexity)
+        _check(
+            manifest.has_complexity or not divides,
+            "complexity is only for images with a bernoulli likelihood",
+        )
         _check(
             manifest.encoder.file != manifest.decoder.file,
             "encoder and decoder must be different files",
@@ -196,6 +210,12 @@ def is_image_shape(shape) -> bool:
     """Samples with two or three axes, (H, W) or (C, H, W) / (H, W, C), are images; one
     axis is a table row. Training's defaults and the runtime's pictures both ask this."""
     return len(shape) in (2, 3)
+
+
+def is_channels_first(shape) -> bool:
+    """An image of three axes is (C, H, W) when its first axis, and not its last, could be
+    a channel count (1 or 3); else (H, W, C)."""
+    return shape[0] in (1, 3) and shape[-1] not in (1, 3)
 
 
 def _check(condition: bool, message: str) -> None:
@@ -273,7 +293,9 @@ def _default_score(d: Any) -> DefaultScore:
     _check(score_type in SCORE_TYPES, f"unknown default_score.score_type {score_type!r}")
     _check(_is_int(samples) and samples >= 0, "default_score.samples must be an integer >= 0")
     _check(score_type != "iwae" or samples >= 1, "default_score: iwae needs samples >= 1")
-    return DefaultScore(score_type, samples)
+    complexity = d.get("complexity", before.complexity)
+    _check(isinstance(complexity, bool), "default_score.complexity must be true or false")
+    return DefaultScore(score_type, samples, complexity)
 
 
 def _threshold(d: Any) -> Threshold | None:
@@ -285,11 +307,14 @@ def _threshold(d: Any) -> Threshold | None:
         _check(_is_int(value) and value >= 0, f"threshold.{name} must be an integer >= 0")
     score_type = d.get("score_type", "elbo")
     _check(score_type in SCORE_TYPES, f"unknown threshold.score_type {score_type!r}")
+    complexity = d.get("complexity", False)
+    _check(isinstance(complexity, bool), "threshold.complexity must be true or false")
     return Threshold(
         value=float(_get(d, "value", float, "threshold")),
         score_type=score_type,
         samples=samples,
         seed=seed,
+        complexity=complexity,
         rule=str(d.get("rule", "")),
         data_sha256=str(d.get("data_sha256", "")),
         count=count,

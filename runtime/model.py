@@ -86,13 +86,15 @@ class EdgeVAE:
         seed: int | None = None,
         threshold: float | None = None,
         batch_size: int | None = None,
+        complexity: bool | None = None,
     ) -> ScoreSettings:
         """The settings of a scoring call: those given, else the ones stored with the
         model's threshold (so that scores compare with it), else the defaults. Warns when
         the stored threshold would flag scores computed another way."""
-        return self._settings(score_type, samples, seed, threshold, batch_size, flags=True)
+        return self._settings(score_type, samples, seed, threshold, batch_size, complexity,
+                              flags=True)  # fmt: skip
 
-    def _settings(self, score_type, samples, seed, threshold, batch_size, flags: bool):
+    def _settings(self, score_type, samples, seed, threshold, batch_size, complexity, flags):
         t = self.manifest.threshold
         default = t or self.manifest.default_score
         samples = samples if samples is not None else default.samples
@@ -105,13 +107,17 @@ class EdgeVAE:
             seed=seed if seed is not None else (t.seed if t else DEFAULT_SEED),
             threshold=(threshold if threshold is not None else self.threshold) if flags else None,
             batch_size=batch_size or self.batch_size,
+            complexity=default.complexity if complexity is None else complexity,
         )
-        how = (settings.score_type, settings.samples, settings.seed)
+        if settings.complexity and not self.manifest.has_complexity:
+            raise InputError("complexity is only for image models with a bernoulli likelihood")
+        how = (settings.score_type, settings.samples, settings.seed, settings.complexity)
         stored_value = flags and threshold is None and t is not None
-        if stored_value and how != (t.score_type, t.samples, t.seed):
+        if stored_value and how != (t.score_type, t.samples, t.seed, t.complexity):
             warnings.warn(
                 "scoring differs from the threshold's settings "
-                f"({t.score_type}, samples {t.samples}, seed {t.seed}); is_anomaly may mislead",
+                f"({t.score_type}, samples {t.samples}, seed {t.seed}, complexity "
+                f"{t.complexity}); is_anomaly may mislead",
                 InputWarning,
                 stacklevel=3,
             )
@@ -146,23 +152,25 @@ class EdgeVAE:
         samples: int | None = None,
         seed: int | None = None,
         score_type: str | None = None,
+        complexity: bool | None = None,
     ) -> np.ndarray:
-        """Anomaly score per sample, (N,) float32, in nats (higher = more anomalous).
+        """Anomaly score per sample, (N,) float32, in nats (higher = more anomalous), or
+        with complexity in nats per bit of the sample's PNG size.
 
         Settings left out are the ones stored with the model's threshold, else the
-        manifest's default_score (tables: iwae, samples 5; images: elbo at z = mu), seed 0
-        (see ScoreSettings). Each score is measured from the sample's
-        floor, the loss of a perfect reconstruction (see nll_floor): add nll_floor(x) to
-        get the training loss's own units.
+        manifest's default_score (tables: iwae, samples 5; images: elbo at z = mu divided
+        by the complexity), seed 0 (see ScoreSettings). Each loss is measured from the
+        sample's floor, the loss of a perfect reconstruction (see nll_floor): without
+        complexity, add nll_floor(x) to get the training loss's own units.
         """
-        settings = self._settings(score_type, samples, seed, None, None, flags=False)
+        settings = self._settings(score_type, samples, seed, None, None, complexity, flags=False)
         parts = [b.scores for b in self.score_batches([x], settings)]
         return parts[0] if len(parts) == 1 else np.concatenate([np.zeros(0, np.float32), *parts])
 
     def feature_scores(self, x, samples: int | None = None, seed: int | None = None):
         """Reconstruction loss of each feature, (N, *input_shape): which features make a
         sample anomalous. Sums over features to score(..., score_type="recon")."""
-        settings = self._settings("recon", samples, seed, None, None, flags=False)
+        settings = self._settings("recon", samples, seed, None, None, False, flags=False)
         parts = [b.feature_losses for b in self.score_batches([x], settings, per_feature=True)]
         return parts[0] if len(parts) == 1 else np.concatenate([self._empty(), *parts])
 
@@ -182,10 +190,11 @@ class EdgeVAE:
         seed: int | None = None,
         score_type: str | None = None,
         per_feature: bool = False,
+        complexity: bool | None = None,
     ) -> Iterator[np.ndarray]:
         """score() of an iterable of arrays as one long input, yielding each chunk's scores
         (per-feature losses with per_feature), with memory bounded by one chunk."""
-        settings = self._settings(score_type, samples, seed, None, None, flags=False)
+        settings = self._settings(score_type, samples, seed, None, None, complexity, flags=False)
         start = 0
         for chunk in chunks:
             x = self._as_samples(chunk)
@@ -221,6 +230,8 @@ class EdgeVAE:
             losses = self.likelihood.nll(Prepared(batch.xp[:, None], floor), params)
             scores = scores_over_draws(losses, mu, logvar, z, eps, settings.score_type)
             features = losses.mean(axis=1) if per_feature else None
+        if settings.complexity:
+            scores /= self.likelihood.png_bits(batch)
         flags = None if settings.threshold is None else scores > settings.threshold
         return ScoredBatch(start, scores, flags, features)
 

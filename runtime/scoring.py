@@ -28,13 +28,16 @@ class ScoreSettings:
     samples 0 decodes z = mu (deterministic); samples L averages over L draws
     z = mu + exp(logvar / 2) * eps, eps from row_noise(seed, ...): keyed by row position.
     threshold: scores above it are anomalies (None: no flags).
-    batch_size: most rows of one graph call (samples > 0: batch_size // samples rows)."""
+    batch_size: most rows of one graph call (samples > 0: batch_size // samples rows).
+    complexity: each score divided by the sample's complexity, its size in bits as a PNG
+    (image models with the Bernoulli likelihood only; see Bernoulli.png_bits): nats per bit."""
 
     score_type: str = DEFAULT_SCORE_TYPE
     samples: int = 0
     seed: int = DEFAULT_SEED
     threshold: float | None = None
     batch_size: int = DEFAULT_BATCH_SIZE
+    complexity: bool = False
 
     def __post_init__(self):
         if not _is_count(self.samples):
@@ -46,6 +49,8 @@ class ScoreSettings:
         if self.score_type == "iwae" and self.samples < 1:
             raise InputError("score_type iwae needs samples >= 1 (the k of L_k)")
         check_seed(self.seed)
+        if not isinstance(self.complexity, (bool, np.bool_)):
+            raise InputError(f"complexity must be True or False, got {self.complexity!r}")
         if not _is_count(self.batch_size) or self.batch_size < 1:
             raise InputError(f"batch_size must be a positive integer, got {self.batch_size!r}")
         if self.threshold is not None and not (

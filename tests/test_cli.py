@@ -3,11 +3,14 @@
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 from conftest import run_cli
 from PIL import Image
+
+TINY = str(Path(__file__).parent / "data" / "tiny_bundle")
 
 
 def test_round_trip_train_export_sample_score(mnist_small, tmp_path):
@@ -65,7 +68,8 @@ def test_score_marks_anomalies_when_the_model_has_a_threshold(mnist_bundle, mnis
     scores = EdgeVAE.load(bundle).score(x, samples=1, seed=0)
     assert scores[:2].max() < scores[2:].min()
     m = json.loads((bundle / "vae.json").read_text())
-    m["threshold"] = {"value": float(scores[:2].max() + scores[2:].min()) / 2, "samples": 1}
+    value = float(scores[:2].max() + scores[2:].min()) / 2  # per PNG bit: an image's default
+    m["threshold"] = {"value": value, "samples": 1, "complexity": True}
     (bundle / "vae.json").write_text(json.dumps(m))
     np.save(tmp_path / "x.npy", x)
     r = run_cli("score", "--model", bundle, tmp_path / "x.npy")
@@ -114,6 +118,11 @@ def files(tmp_path):
         (["score", "{d}/good.npy", "--batch-size", "0"], ["--batch-size"]),
         (["score", "{d}/good.npy", "-o", "{d}/out.txt"], ["must end in"]),
         (["score", "{d}/good.npy", "-o", "{d}/nodir/out.csv"], ["does not exist"]),
+        (["score", "--model", TINY, "{d}/good.npy", "--complexity"], ["complexity is only"]),
+        (
+            ["calibrate", "--model", TINY, "--data", "{d}/good.npy", "--complexity"],
+            ["complexity is"],
+        ),
         (["sample", "-n", "0", "-o", "{d}/out.png"], ["-n"]),
         (["sample", "-n", "-3", "-o", "{d}/out.png"], ["-n"]),
         (["sample", "-n", "2", "-o", "{d}/nodir/out.png"], ["does not exist"]),

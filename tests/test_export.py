@@ -12,6 +12,7 @@ import torch
 from vae_edge.export.onnx_export import RANDOM_OPS, ExportError, check_parity, export_run
 from vae_edge.runtime import EdgeVAE
 from vae_edge.runtime.errors import InputError
+from vae_edge.runtime.manifest import DefaultScore
 from vae_edge.training.train import load_run
 
 
@@ -28,6 +29,7 @@ def test_bundle_has_two_graphs_and_a_manifest_with_their_hashes(mnist_bundle):
     assert m["input_shape"] == [28, 28] and m["latent_dim"] == 8
     assert m["likelihood"] == "bernoulli" and m["decoder_output"] == "logits"
     assert m["preprocessing"] == {"kind": "scale", "scale": 1 / 255, "mean": None, "std": None}
+    assert m["default_score"] == {"score_type": "elbo", "samples": 0, "complexity": True}
     assert "dynamo=True" in m["exporter"] and "version_converter" in m["exporter"]
     for name in ("encoder", "decoder"):
         graph = onnx.load(str(mnist_bundle / f"{name}.onnx"))
@@ -73,10 +75,11 @@ def test_onnx_matches_pytorch_on_real_digits(mnist_run, mnist_bundle, mnist_smal
     floor = torch.nn.functional.binary_cross_entropy(x_t, x_t, reduction="none")  # BCE(x, x)
     expected = (bce - floor).sum((1, 2))
     np.testing.assert_allclose(
-        edge.score(x, samples=0, score_type="recon"), expected.numpy(), rtol=1e-4
+        edge.score(x, samples=0, score_type="recon", complexity=False), expected.numpy(), rtol=1e-4
     )
     kl = -0.5 * (1 + logvar_t - mu_t**2 - logvar_t.exp()).sum(1)
-    np.testing.assert_allclose(edge.score(x), (expected + kl).numpy(), rtol=1e-4)
+    elbo = edge.score(x, samples=0, score_type="elbo", complexity=False)
+    np.testing.assert_allclose(elbo, (expected + kl).numpy(), rtol=1e-4)
 
 
 def test_parity_gate_fails_loudly_when_the_graphs_differ(mnist_run, mnist_bundle):
@@ -92,6 +95,7 @@ def test_gaussian_bundle_on_tabular_data(cardio, cardio_bundle):
     m = edge.manifest
     assert m.likelihood == "gaussian" and m.decoder_output == "mean"
     assert m.preprocessing.kind == "standardize" and m.input_shape == (21,)
+    assert m.default_score == DefaultScore("iwae", 5, complexity=False)
     np.testing.assert_allclose(m.preprocessing.mean, cardio["x"].mean(0), rtol=1e-4, atol=1e-4)
     scores = edge.score(cardio["x"], samples=0)
     assert scores.shape == (len(cardio["x"]),) and np.isfinite(scores).all()

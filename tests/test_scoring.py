@@ -1,6 +1,7 @@
 """The scoring pass, runtime only: no torch, no shared data. Uses the shipped MNIST model and
 the tiny committed table bundle (tests/data/tiny_bundle, `make tiny-bundle`)."""
 
+import io
 import json
 import shutil
 import subprocess
@@ -13,12 +14,14 @@ import pytest
 from click.testing import CliRunner
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from PIL import Image
 
 from vae_edge.cli import cli
-from vae_edge.runtime import EdgeVAE, InputError, InputWarning, ScoreSettings
+from vae_edge.runtime import BundleError, EdgeVAE, InputError, InputWarning, ScoreSettings
 from vae_edge.runtime.anomaly import write_threshold
+from vae_edge.runtime.bundle import default_model_dir
 from vae_edge.runtime.likelihood import Bernoulli, Gaussian, bernoulli_entropy
-from vae_edge.runtime.manifest import Preprocessing, Threshold
+from vae_edge.runtime.manifest import Manifest, Preprocessing, Threshold
 
 DATA = Path(__file__).parent / "data"
 TINY = DATA / "tiny_bundle"  # the conftest's tiny_bundle, as a constant for parametrised CLI args
@@ -375,3 +378,86 @@ def test_iwae_is_infinite_not_nan_when_every_loss_overflowed():
     with pytest.warns(RuntimeWarning, match="divide by zero"):  # log(0): no weight left
         score = scores_over_draws(losses, mu, logvar, eps, eps, "iwae")
     assert score[0] == np.inf and np.isfinite(score[1])
+
+
+# -- complexity: image scores per bit of the image's PNG size ------------------------------------
+
+
+def png_bits(page: np.ndarray) -> float:
+    """Written independently of the runtime: Pillow's default PNG of a uint8 (H, W) page."""
+    out = io.BytesIO()
+    Image.fromarray(page).save(out, format="PNG")
+    return 8.0 * len(out.getvalue())
+
+
+@pytest.fixture
+def image_bundle(tmp_path) -> Path:
+    """The shipped MNIST model with the default_score an image export now writes."""
+    bundle = tmp_path / "mnist"
+    shutil.copytree(default_model_dir(), bundle)
+    manifest = json.loads((bundle / "vae.json").read_text())
+    manifest["default_score"] = {"score_type": "elbo", "samples": 0, "complexity": True}
+    (bundle / "vae.json").write_text(json.dumps(manifest))
+    return bundle
+
+
+def test_complexity_divides_each_score_by_the_images_png_size(image_bundle):
+    model = EdgeVAE.load(image_bundle)
+    x8 = np.load(DATA / "shipped_model_reference.npz")["x_uint8"]
+    bits = np.array([png_bits(x) for x in x8], np.float32)
+    for score_type, samples in (("elbo", 0), ("recon", 0), ("iwae", 5)):
+        nats = model.score(x8, samples, 3, score_type, complexity=False)
+        per_bit = model.score(x8, samples, 3, score_type, complexity=True)
+        np.testing.assert_array_equal(per_bit, nats / bits)
+    # the model's default, from its manifest; float grey levels compress as their uint8 ones
+    np.testing.assert_array_equal(model.score(x8), model.score(x8, 0, 0, "elbo", False) / bits)
+    np.testing.assert_array_equal(model.score(x8.astype(np.float32)), model.score(x8))
+    assert model.settings().complexity and not EdgeVAE.load().settings().complexity
+    # per-feature losses and the likelihood figures stay in nats
+    np.testing.assert_allclose(model.feature_scores(x8).sum(axis=(1, 2)),
+                               model.score(x8, 0, 0, "recon", False), rtol=1e-5)  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "shape, page",
+    [((5, 7), (5, 7)), ((3, 5, 7), (15, 7)), ((5, 7, 3), (5, 21)), ((1, 5, 7), (5, 7))],
+)
+def test_png_bits_of_each_image_layout(shape, page):
+    """(C, H, W): channels stacked as rows; (H, W, C): a row holds W * C levels."""
+    levels = np.random.default_rng(0).integers(0, 256, (4, *shape), dtype=np.uint8)
+    levels[:, ..., :2] = 0  # some flat area, so the sizes differ
+    likelihood = Bernoulli(Preprocessing(kind="scale", scale=1 / 255))
+    bits = likelihood.png_bits(likelihood.prepare(levels))
+    np.testing.assert_array_equal(bits, [png_bits(x.reshape(page)) for x in levels])
+
+
+def test_a_threshold_keeps_the_complexity_it_was_calibrated_with(image_bundle):
+    from vae_edge.runtime.anomaly import calibrate
+
+    x8 = np.load(DATA / "shipped_model_reference.npz")["x_uint8"]
+    model = EdgeVAE.load(image_bundle)
+    per_bit, nats = calibrate(model, x8), calibrate(model, x8, complexity=False)
+    assert per_bit.complexity and not nats.complexity and per_bit.value < 1 < nats.value
+    write_threshold(image_bundle, nats)
+    model = EdgeVAE.load(image_bundle)
+    assert model.manifest.threshold == nats
+    np.testing.assert_array_equal(model.score(x8), model.score(x8, complexity=False))
+    np.testing.assert_array_equal(model.predict(x8), model.score(x8) > nats.value)
+    with pytest.warns(InputWarning, match="complexity False"):
+        model.settings(complexity=True)
+
+
+def test_complexity_is_refused_where_there_are_no_grey_levels(tiny, tmp_path):
+    with pytest.raises(InputError) as info:
+        tiny.score(tiny_rows(2), complexity=True)
+    assert str(info.value) == "complexity is only for image models with a bernoulli likelihood"
+    with pytest.raises(InputError, match="complexity must be True or False, got 'yes'"):
+        ScoreSettings(complexity="yes")
+    for field, value, message in [
+        ("default_score", {"complexity": True}, "complexity is only for images"),
+        ("default_score", {"complexity": "yes"}, "default_score.complexity must be true or"),
+        ("threshold", {"value": 1.0, "complexity": 1}, "threshold.complexity must be true or"),
+    ]:
+        manifest = json.loads((TINY / "vae.json").read_text()) | {field: value}
+        with pytest.raises(BundleError, match=message):
+            Manifest.from_dict(manifest)

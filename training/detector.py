@@ -23,9 +23,10 @@ from vae_edge.training.train import LR, PATIENCE, TrainOptions, train
 class VAEDetector:
     """Unsupervised anomaly detector (PyOD's interface: fit, decision_function, predict,
     decision_scores_, threshold_, labels_). Training options as for `vae-edge train`;
-    None = chosen from the data; score_type and samples None = the bundle's default_score
-    (tables: iwae over 5 draws). bundle_dir: where the exported bundle is kept (default:
-    a temporary directory that lives as long as the detector)."""
+    None = chosen from the data; score_type, samples and complexity None = the bundle's
+    default_score (tables: iwae over 5 draws; images: -ELBO per bit of PNG size).
+    bundle_dir: where the exported bundle is kept (default: a temporary directory that
+    lives as long as the detector)."""
 
     def __init__(
         self,
@@ -42,6 +43,7 @@ class VAEDetector:
         trim: float | None = None,
         score_type: str | None = None,
         samples: int | None = None,
+        complexity: bool | None = None,
         seed: int = 0,
         bundle_dir: str | Path | None = None,
     ):
@@ -57,6 +59,7 @@ class VAEDetector:
         self.trim = trim
         self.score_type = score_type
         self.samples = samples
+        self.complexity = complexity
         self.seed = seed
         self.bundle_dir = bundle_dir
 
@@ -77,7 +80,7 @@ class VAEDetector:
         model = EdgeVAE.load(bundle)
         threshold = calibrate(model, X, contamination=self.contamination,
                               score_type=self.score_type, samples=self.samples,
-                              seed=self.seed)  # fmt: skip
+                              seed=self.seed, complexity=self.complexity)  # fmt: skip
         write_threshold(bundle, threshold)
         self.model_ = EdgeVAE.load(bundle)
         self.bundle_ = bundle
@@ -87,7 +90,8 @@ class VAEDetector:
         return self
 
     def decision_function(self, X) -> np.ndarray:
-        """Anomaly score per sample (float32 nats; higher = more anomalous)."""
+        """Anomaly score per sample (float32; higher = more anomalous), computed as for
+        threshold_."""
         return self._fitted().score(X)
 
     def predict(self, X) -> np.ndarray:
