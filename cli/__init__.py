@@ -516,7 +516,9 @@ def info(model_dir, verify):
             for k, v in m.parity.items()
             if k.startswith("max_abs_diff_")
         ),  # fmt: skip
-        f"threshold     {'none' if m.threshold is None else m.threshold.value}",
+        f"score         {_how(m.default_score)} (default_score)",
+        f"threshold     {'none' if m.threshold is None else m.threshold.value}"
+        + ("" if m.threshold is None else f" ({_how(m.threshold)})"),
     ]
     for variant in ("int8", "fp16"):
         if variant in m.parity:
@@ -527,6 +529,12 @@ def info(model_dir, verify):
         lines.append(f"test loss     {s['test_loss']:.2f} nats/sample")
     lines.append(f"providers     {', '.join(onnxruntime.get_available_providers())}")
     click.echo("\n".join(lines))
+
+
+def _how(score) -> str:
+    """A DefaultScore's or Threshold's way of scoring, in words."""
+    per_bit = ", per PNG bit" if score.complexity else ""
+    return f"{score.score_type}, samples {score.samples}{per_bit}"
 
 
 def _ir_and_opset(graph) -> str:
