@@ -33,7 +33,7 @@ DIGIT = 8  # the image case: a one-class model, as in benchmarks/one_class.py
 SECONDS = 3.0
 LIMIT = 1.5  # the most a default score may cost at batch 1 against the one it replaced
 TABLE = f"{TABLE_SCORE.score_type} over {TABLE_SCORE.samples} draws"
-IMAGE = f"{IMAGE_SCORE.score_type} at z = mu per PNG bit"
+IMAGE = f"{IMAGE_SCORE.score_type} at z = mu per complexity bit"
 
 
 def measure(x: np.ndarray) -> dict:

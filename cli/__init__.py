@@ -202,7 +202,7 @@ score_type_option = click.option(
 complexity_option = click.option(
     "--complexity/--no-complexity",
     default=None,
-    help="Divide each score by the image's size in bits as a PNG (image models with the "
+    help="Divide each score by the image's complexity in bits (image models with the "
     "bernoulli likelihood). Default: the model's (on for such images).",
 )
 
@@ -382,7 +382,7 @@ def calibrate(model_dir, data_path, quantile, contamination, score_type, samples
     t = anomaly.calibrate(model, read_input(data_path), quantile, contamination,
                           score_type, samples, seed, complexity)  # fmt: skip
     anomaly.write_threshold(model_dir, t)
-    per_bit = " per PNG bit" if t.complexity else ""
+    per_bit = " per complexity bit" if t.complexity else ""
     click.echo(
         f"threshold {t.value:.6g} ({t.rule} of {t.count} {t.score_type}{per_bit} scores, "
         f"samples {t.samples}, seed {t.seed}) written to {model_dir / 'vae.json'}"
@@ -533,7 +533,7 @@ def info(model_dir, verify):
 
 def _how(score) -> str:
     """A DefaultScore's or Threshold's way of scoring, in words."""
-    per_bit = ", per PNG bit" if score.complexity else ""
+    per_bit = ", per complexity bit" if score.complexity else ""
     return f"{score.score_type}, samples {score.samples}{per_bit}"
 
 

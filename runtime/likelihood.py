@@ -8,7 +8,6 @@ mirrors it in the training package (VAE.reconstruction_nll, VAE.nll_floor).
 
 from __future__ import annotations
 
-import io
 import math
 from typing import NamedTuple
 
@@ -78,23 +77,22 @@ class Bernoulli:
         with np.errstate(over="ignore"):  # exp(-l) = inf for l << 0 gives mean 0, rightly
             return self.preprocessing.invert(1 / (1 + np.exp(-logits)))
 
-    def png_bits(self, batch: Prepared) -> np.ndarray:
-        """Each image's complexity: its size in bits as a greyscale PNG (Pillow's default
-        compression) of its 8-bit levels, channels stacked as rows. A likelihood scores
-        simple images (few strokes, flat areas) as likely whatever their class; dividing by
-        a lossless compressor's length takes that out (Serra et al., "Input complexity and
-        out-of-distribution detection with likelihood-based generative models", 2020)."""
-        from PIL import Image  # here: only image scores need it
-
-        levels = np.round(batch.xp * 255).astype(np.uint8)
-        pages = levels.reshape(len(levels), -1, levels.shape[-1])
-        if levels.ndim == 4 and not is_channels_first(levels.shape[1:]):  # (H, W, C): a row
-            pages = levels.reshape(len(levels), levels.shape[1], -1)  # holds W * C levels
-        bits = np.empty(len(pages), np.float32)
-        for i, page in enumerate(pages):
-            out = io.BytesIO()
-            Image.fromarray(page).save(out, format="PNG")
-            bits[i] = 8 * out.tell()
+    def complexity_bits(self, batch: Prepared) -> np.ndarray:
+        """Each image's complexity in bits: the length of a simple lossless code of its
+        8-bit levels, one bit per level plus log2(1 + |step|) for each step between
+        neighbouring levels, across and down, in each channel. A likelihood finds simple
+        images (flat areas, few strokes) likely whatever their class; dividing by a code
+        length takes that out (after Serra et al., "Input complexity and out-of-distribution
+        detection with likelihood-based generative models", 2020, who use a compressor's).
+        NumPy on the whole batch: unlike a compressor, it costs little and gives the same
+        bits on every machine."""
+        levels = np.rint(batch.xp * 255)
+        n = len(levels)
+        channels_last = levels.ndim == 4 and not is_channels_first(levels.shape[1:])
+        bits = np.full(n, levels[0].size, np.float32)
+        for axis in (1, 2) if channels_last or levels.ndim == 3 else (2, 3):
+            steps = np.abs(np.diff(levels, axis=axis))
+            bits += np.add.reduce(np.log2(1 + steps).reshape(n, -1), axis=1)
         return bits
 
     def example_inputs(self, rng: np.random.Generator, shape) -> np.ndarray:

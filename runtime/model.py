@@ -155,7 +155,7 @@ class EdgeVAE:
         complexity: bool | None = None,
     ) -> np.ndarray:
         """Anomaly score per sample, (N,) float32, in nats (higher = more anomalous), or
-        with complexity in nats per bit of the sample's PNG size.
+        with complexity in nats per bit of the image's complexity.
 
         Settings left out are the ones stored with the model's threshold, else the
         manifest's default_score (tables: iwae, samples 5; images: elbo at z = mu divided
@@ -231,7 +231,7 @@ class EdgeVAE:
             scores = scores_over_draws(losses, mu, logvar, z, eps, settings.score_type)
             features = losses.mean(axis=1) if per_feature else None
         if settings.complexity:
-            scores /= self.likelihood.png_bits(batch)
+            scores /= self.likelihood.complexity_bits(batch)
         flags = None if settings.threshold is None else scores > settings.threshold
         return ScoredBatch(start, scores, flags, features)
 

@@ -29,8 +29,8 @@ class ScoreSettings:
     z = mu + exp(logvar / 2) * eps, eps from row_noise(seed, ...): keyed by row position.
     threshold: scores above it are anomalies (None: no flags).
     batch_size: most rows of one graph call (samples > 0: batch_size // samples rows).
-    complexity: each score divided by the sample's complexity, its size in bits as a PNG
-    (image models with the Bernoulli likelihood only; see Bernoulli.png_bits): nats per bit."""
+    complexity: each score divided by the image's complexity in bits (image models with the
+    Bernoulli likelihood only; see Bernoulli.complexity_bits): nats per bit."""
 
     score_type: str = DEFAULT_SCORE_TYPE
     samples: int = 0

@@ -1,7 +1,6 @@
 """The scoring pass, runtime only: no torch, no shared data. Uses the shipped MNIST model and
 the tiny committed table bundle (tests/data/tiny_bundle, `make tiny-bundle`)."""
 
-import io
 import json
 import shutil
 import subprocess
@@ -14,7 +13,6 @@ import pytest
 from click.testing import CliRunner
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from PIL import Image
 
 from vae_edge.cli import cli
 from vae_edge.runtime import BundleError, EdgeVAE, InputError, InputWarning, ScoreSettings
@@ -380,14 +378,18 @@ def test_iwae_is_infinite_not_nan_when_every_loss_overflowed():
     assert score[0] == np.inf and np.isfinite(score[1])
 
 
-# -- complexity: image scores per bit of the image's PNG size ------------------------------------
+# -- complexity: image scores per bit of the image's complexity --------------------------------
 
 
-def png_bits(page: np.ndarray) -> float:
-    """Written independently of the runtime: Pillow's default PNG of a uint8 (H, W) page."""
-    out = io.BytesIO()
-    Image.fromarray(page).save(out, format="PNG")
-    return 8.0 * len(out.getvalue())
+def complexity_bits(image: np.ndarray, spatial: tuple[int, int]) -> float:
+    """Written independently of the runtime, one uint8 image at a time, in float64: a bit
+    per level, plus log2(1 + |step|) per step between neighbours along the two spatial
+    axes."""
+    levels = image.astype(np.int64)
+    bits = float(levels.size)
+    for axis in spatial:
+        bits += float(np.log2(1 + np.abs(np.diff(levels, axis=axis))).sum())
+    return bits
 
 
 @pytest.fixture
@@ -401,34 +403,39 @@ def image_bundle(tmp_path) -> Path:
     return bundle
 
 
-def test_complexity_divides_each_score_by_the_images_png_size(image_bundle):
+def test_complexity_divides_each_score_by_the_images_complexity(image_bundle):
     model = EdgeVAE.load(image_bundle)
     x8 = np.load(DATA / "shipped_model_reference.npz")["x_uint8"]
-    bits = np.array([png_bits(x) for x in x8], np.float32)
+    bits = np.array([complexity_bits(x, (0, 1)) for x in x8])
+    assert 784 < bits.min() and bits.max() < 784 * 9  # a bit per level, at most 8 per step
     for score_type, samples in (("elbo", 0), ("recon", 0), ("iwae", 5)):
         nats = model.score(x8, samples, 3, score_type, complexity=False)
         per_bit = model.score(x8, samples, 3, score_type, complexity=True)
-        np.testing.assert_array_equal(per_bit, nats / bits)
-    # the model's default, from its manifest; float grey levels compress as their uint8 ones
-    np.testing.assert_array_equal(model.score(x8), model.score(x8, 0, 0, "elbo", False) / bits)
+        np.testing.assert_allclose(per_bit, nats / bits, rtol=1e-6)
+    # the model's default, from its manifest; float grey levels count as their uint8 ones
+    np.testing.assert_array_equal(model.score(x8), model.score(x8, 0, 0, "elbo", True))
     np.testing.assert_array_equal(model.score(x8.astype(np.float32)), model.score(x8))
     assert model.settings().complexity and not EdgeVAE.load().settings().complexity
     # per-feature losses and the likelihood figures stay in nats
     np.testing.assert_allclose(model.feature_scores(x8).sum(axis=(1, 2)),
                                model.score(x8, 0, 0, "recon", False), rtol=1e-5)  # fmt: skip
+    # a flat image costs a bit per level, not nothing: its score stays finite
+    flat = model.score(np.zeros((1, 28, 28), np.uint8), 0, 0, "elbo", False)
+    np.testing.assert_allclose(model.score(np.zeros((1, 28, 28), np.uint8)), flat / 784)
 
 
 @pytest.mark.parametrize(
-    "shape, page",
-    [((5, 7), (5, 7)), ((3, 5, 7), (15, 7)), ((5, 7, 3), (5, 21)), ((1, 5, 7), (5, 7))],
+    "shape, spatial",
+    [((5, 7), (0, 1)), ((3, 5, 7), (1, 2)), ((5, 7, 3), (0, 1)), ((1, 5, 7), (1, 2))],
 )
-def test_png_bits_of_each_image_layout(shape, page):
-    """(C, H, W): channels stacked as rows; (H, W, C): a row holds W * C levels."""
+def test_complexity_of_each_image_layout(shape, spatial):
+    """Steps are counted within each channel, along its height and width."""
     levels = np.random.default_rng(0).integers(0, 256, (4, *shape), dtype=np.uint8)
-    levels[:, ..., :2] = 0  # some flat area, so the sizes differ
+    levels[:, ..., :2] = 0  # some flat area, so the images differ
     likelihood = Bernoulli(Preprocessing(kind="scale", scale=1 / 255))
-    bits = likelihood.png_bits(likelihood.prepare(levels))
-    np.testing.assert_array_equal(bits, [png_bits(x.reshape(page)) for x in levels])
+    bits = likelihood.complexity_bits(likelihood.prepare(levels))
+    expected = [complexity_bits(x, spatial) for x in levels]
+    np.testing.assert_allclose(bits, expected, rtol=1e-6)
 
 
 def test_a_threshold_keeps_the_complexity_it_was_calibrated_with(image_bundle):

@@ -24,7 +24,7 @@ class VAEDetector:
     """Unsupervised anomaly detector (PyOD's interface: fit, decision_function, predict,
     decision_scores_, threshold_, labels_). Training options as for `vae-edge train`;
     None = chosen from the data; score_type, samples and complexity None = the bundle's
-    default_score (tables: iwae over 5 draws; images: -ELBO per bit of PNG size).
+    default_score (tables: iwae over 5 draws; images: -ELBO per bit of complexity).
     bundle_dir: where the exported bundle is kept (default: a temporary directory that
     lives as long as the detector)."""
 
