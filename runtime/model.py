@@ -288,8 +288,8 @@ class EdgeVAE:
         scores 0 whatever its content. Bernoulli: the entropy of the grey levels, 0 for
         0/1 data; with grey levels, images with more ink would otherwise score higher
         (measured on one-class MNIST: 1s scored as more normal than the 8s a model was
-        trained on). Gaussian: a constant. score(score_type="elbo") + nll_floor(x) is the
-        -ELBO (the training loss), likewise for "recon" and "iwae"."""
+        trained on). Gaussian: a constant. score(score_type="elbo", complexity=False) +
+        nll_floor(x) is the -ELBO (the training loss), likewise for "recon" and "iwae"."""
         batch = self._prepare(self._as_samples(x), 0)
         floor = self.likelihood.floor(batch)
         return floor.reshape(len(batch.xp), -1).sum(axis=1, dtype=np.float32)
