@@ -70,7 +70,7 @@ class ScoredBatch:
     """The result for rows start .. start + len(scores) - 1 of the input."""
 
     start: int
-    scores: np.ndarray  # (n,) float32, nats from the floor; higher = more anomalous
+    scores: np.ndarray  # (n,) float32, nats from the floor (per bit with complexity)
     is_anomaly: np.ndarray | None = None  # (n,) bool, where the settings have a threshold
     feature_losses: np.ndarray | None = None  # (n, *input_shape) float32, when asked
 
