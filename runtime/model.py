@@ -169,7 +169,8 @@ class EdgeVAE:
 
     def feature_scores(self, x, samples: int | None = None, seed: int | None = None):
         """Reconstruction loss of each feature, (N, *input_shape): which features make a
-        sample anomalous. Sums over features to score(..., score_type="recon")."""
+        sample anomalous. Sums over features to score(..., score_type="recon",
+        complexity=False)."""
         settings = self._settings("recon", samples, seed, None, None, False, flags=False)
         parts = [b.feature_losses for b in self.score_batches([x], settings, per_feature=True)]
         return parts[0] if len(parts) == 1 else np.concatenate([self._empty(), *parts])
