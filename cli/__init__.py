@@ -189,7 +189,12 @@ def sample(model_dir, n, seed, output, device, threads, no_verify):
 
     model = _load_for_images(output, model_dir, device, threads, not no_verify)
     samples = model.sample(n, seed=seed)
-    _write_images(output, samples, lambda: image_grid(model.manifest.preprocessing.apply(samples)))
+
+    def picture():  # a binary model's samples in black and white, as its data
+        pixels = model.manifest.preprocessing.apply(samples)
+        return image_grid(pixels.round() if model.manifest.binary else pixels)
+
+    _write_images(output, samples, picture)
     click.echo(f"wrote {n} samples to {output}")
 
 

@@ -141,6 +141,7 @@ def _build(vae: VAE, config: RunConfig, folder: Path) -> Manifest:
         "default_score": asdict(default_score(shape, m.likelihood)),
         "threshold": None,
         "observation_logvar": _observation_logvar(vae),
+        "binary": bool(config.data.get("binary", False)),
     }
     # The gate at the exporter's opset, then again at the lowered one: a converter bug
     # shows as a parity failure of the lowered graphs, not as wrong scores on a device.

@@ -14,17 +14,28 @@ from typing import NamedTuple
 import numpy as np
 
 from vae_edge.runtime.errors import InputError
-from vae_edge.runtime.manifest import Manifest, Preprocessing, is_channels_first
+from vae_edge.runtime.manifest import (
+    STANDARDIZED_LIMIT,
+    Manifest,
+    Preprocessing,
+    is_channels_first,
+)
 
 HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
 
 
 class Prepared(NamedTuple):
-    """A batch ready for the graphs: the encoder's input and the floor of each feature
-    (None where the floor is a constant the loss leaves out)."""
+    """A batch ready for the graphs: the encoder's input, the floor of each feature (None
+    where the floor is a constant the loss leaves out) and, where the encoder's input was
+    clipped, the unclipped values in float64 that the loss measures (else None)."""
 
     xp: np.ndarray
     floor: np.ndarray | None
+    target: np.ndarray | None = None
+
+    def with_draws_axis(self) -> Prepared:
+        """The same batch with an axis of length 1 after the rows, to meet L draws."""
+        return Prepared(*(None if a is None else a[:, None] for a in self))
 
 
 class Bernoulli:
@@ -114,11 +125,21 @@ class Gaussian:
             self._precision = np.exp(-self.logvar)
 
     def prepare(self, x: np.ndarray) -> Prepared:
-        return Prepared(np.ascontiguousarray(self.preprocessing.apply(x), dtype=np.float32), None)
+        xp = np.ascontiguousarray(self.preprocessing.apply(x), dtype=np.float32)
+        clipped = xp.size and (xp.min() <= -STANDARDIZED_LIMIT or xp.max() >= STANDARDIZED_LIMIT)
+        if clipped and self.preprocessing.kind == "standardize":
+            return Prepared(xp, None, self.preprocessing.standardized_float64(x))
+        return Prepared(xp, None)
 
     def nll(self, batch: Prepared, means: np.ndarray) -> np.ndarray:
-        """0.5 (x - mean)^2 / variance per feature: -log p(x|z) less its floor."""
-        t = np.square(batch.xp - means)
+        """0.5 (x - mean)^2 / variance per feature: -log p(x|z) less its floor. float64
+        where the batch has rows beyond the encoder's clip (batch.target), so that their
+        distance, up to float32's largest value over a tiny std, is measured, not inf."""
+        if batch.target is not None:
+            with np.errstate(over="ignore"):  # beyond float64: inf, saturated in the score
+                t = np.square(batch.target - means)
+        else:
+            t = np.square(batch.xp - means)
         if self.logvar is not None:
             t *= self._precision
         t *= 0.5

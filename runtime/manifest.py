@@ -24,9 +24,18 @@ MANIFEST_FILE = "vae.json"
 LIKELIHOODS = {"bernoulli": "logits", "gaussian": "mean"}  # likelihood -> decoder output
 
 
+# Standardised values are clipped to this many standard deviations on their way into the
+# encoder (training and runtime alike): a row 2e4 standard deviations out, or a float32's
+# largest value over a small std, drove the graphs to inf. Ordinary data stays far inside
+# (at most 76 on the 18 tabular sets); the Gaussian loss still measures the unclipped
+# distance (Gaussian.prepare), so a row further out scores higher.
+STANDARDIZED_LIMIT = 1e4
+
+
 @dataclass(frozen=True)
 class Preprocessing:
-    """How raw input maps to the encoder's input: x * scale, or (x - mean) / std per feature."""
+    """How raw input maps to the encoder's input: x * scale, or (x - mean) / std per feature
+    (clipped to +-STANDARDIZED_LIMIT)."""
 
     kind: str  # "scale" | "standardize"
     scale: float | None = None
@@ -35,11 +44,24 @@ class Preprocessing:
 
     def apply(self, x: np.ndarray) -> np.ndarray:
         """Raw samples (N, ...) -> the encoder's float32 input, same shape."""
-        x = np.asarray(x, np.float32)
+        with np.errstate(over="ignore"):  # float64 beyond float32's range: inf, then clipped
+            x = np.asarray(x, np.float32)
         if self.kind == "scale":
             return x * np.float32(self.scale)
         flat = x.reshape(len(x), -1)
-        return ((flat - self._mean) / self._std).reshape(x.shape)
+        with np.errstate(over="ignore", invalid="ignore"):
+            xp = (flat - self._mean) / self._std
+        # In place, and only where needed: a pass that changes nothing costs a third of it.
+        if xp.size and not (-STANDARDIZED_LIMIT <= xp.min() and xp.max() <= STANDARDIZED_LIMIT):
+            np.clip(xp, -STANDARDIZED_LIMIT, STANDARDIZED_LIMIT, out=xp)
+        return xp.reshape(x.shape)
+
+    def standardized_float64(self, x: np.ndarray) -> np.ndarray:
+        """(x - mean) / std in float64, unclipped: the distances a Gaussian loss measures
+        for rows beyond the clip (standardize only)."""
+        flat = np.asarray(x, np.float64).reshape(len(x), -1)
+        with np.errstate(over="ignore"):  # beyond float64: inf, a loss saturated later
+            return ((flat - np.asarray(self.mean)) / np.asarray(self.std)).reshape(x.shape)
 
     def invert(self, xp: np.ndarray) -> np.ndarray:
         """The encoder's units -> raw units."""
@@ -53,8 +75,8 @@ class Preprocessing:
         return np.asarray(self.mean, np.float32)
 
     @cached_property
-    def _std(self) -> np.ndarray:
-        return np.asarray(self.std, np.float32)
+    def _std(self) -> np.ndarray:  # a std below float32's range would divide by 0
+        return np.maximum(np.asarray(self.std, np.float32), np.finfo(np.float32).tiny)
 
 
 @dataclass(frozen=True)
@@ -113,6 +135,7 @@ class Manifest:
     observation_logvar: list[float] | None = None  # Gaussian variance learned per feature
     format_version: int = FORMAT_VERSION
     input_dtype: str = "float32"  # what the encoder graph takes, after preprocessing
+    binary: bool = False  # trained on 0/1 data (Bernoulli on x itself); absent = false
 
     @property
     def decoder_output(self) -> str:
@@ -127,6 +150,12 @@ class Manifest:
         """Samples with a complexity (ScoreSettings.complexity): images whose values are
         grey levels in [0, 1], the Bernoulli likelihood's."""
         return is_image_shape(self.input_shape) and self.likelihood == "bernoulli"
+
+    @property
+    def grey_levels(self) -> bool:
+        """Trained on grey levels 0..255, scaled by 1/255 (training.train.choose_likelihood)."""
+        p = self.preprocessing
+        return self.likelihood == "bernoulli" and math.isclose(p.scale, 1 / 255)
 
     @property
     def is_image(self) -> bool:
@@ -184,6 +213,13 @@ class Manifest:
             default_score=_default_score(d.get("default_score", {})),
             threshold=_threshold(d.get("threshold")),
             observation_logvar=_observation_logvar(d.get("observation_logvar"), math.prod(shape)),
+            binary=d.get("binary", False),
+        )
+        _check(isinstance(manifest.binary, bool), "binary must be true or false")
+        _check(
+            not manifest.binary
+            or (likelihood == "bernoulli" and manifest.preprocessing.scale == 1.0),
+            "binary is only for a bernoulli likelihood with scale 1",
         )
         _check(
             manifest.observation_logvar is None or likelihood == "gaussian",

@@ -26,7 +26,9 @@ from vae_edge.runtime.scoring import (
     ScoredBatch,
     ScoreSettings,
     check_seed,
+    clamp_logvar,
     draw_latents,
+    finite_float32,
     row_noise,
     scores_at_mean,
     scores_over_draws,
@@ -217,20 +219,21 @@ class EdgeVAE:
         batch = self._prepare(x, start)
         if settings.samples == 0:  # z = mu: images' default; one decoder row per sample
             mu, logvar, params = self.bundle.run_at_mean(batch.xp)
+            logvar = clamp_logvar(logvar)
             losses = self.likelihood.nll(batch, params)  # (n, *input_shape)
             scores = scores_at_mean(losses, mu, logvar, settings.score_type)
-            features = losses if per_feature else None
+            features = finite_float32(losses) if per_feature else None
         else:
             mu, logvar = self.bundle.run_encoder(batch.xp)
+            logvar = clamp_logvar(logvar)
             n, k = mu.shape
             eps = row_noise(settings.seed, start, n, settings.samples, k)
             z = draw_latents(mu, logvar, eps)  # (n, L, k)
             params = self.bundle.run_decoder(z.reshape(-1, k))
             params = params.reshape(n, settings.samples, *self.manifest.input_shape)
-            floor = None if batch.floor is None else batch.floor[:, None]
-            losses = self.likelihood.nll(Prepared(batch.xp[:, None], floor), params)
+            losses = self.likelihood.nll(batch.with_draws_axis(), params)
             scores = scores_over_draws(losses, mu, logvar, z, eps, settings.score_type)
-            features = losses.mean(axis=1) if per_feature else None
+            features = finite_float32(losses.mean(axis=1)) if per_feature else None
         if settings.complexity:
             scores /= self.likelihood.complexity_bits(batch)
         flags = None if settings.threshold is None else scores > settings.threshold
@@ -273,6 +276,7 @@ class EdgeVAE:
         out = []
         for i in self._starts(xp):
             mu, logvar = self.bundle.run_encoder(xp[i : i + self.batch_size])
+            logvar = clamp_logvar(logvar)
             eps = rng.standard_normal((len(mu), 1, mu.shape[1]), dtype=np.float32)
             out.append(self.bundle.run_decoder(draw_latents(mu, logvar, eps).reshape(mu.shape)))
         return self.likelihood.mean(np.concatenate(out) if out else self._empty())
@@ -318,7 +322,7 @@ class EdgeVAE:
         """Check values (finite) and hand rows to the likelihood; `start` is the index of
         x[0] in the whole input, for the error message."""
         _require_finite(x, "input", start)
-        if self.manifest.data_dtype == "uint8" and start == 0 and x.size and 0 < x.max() <= 1:
+        if self.manifest.grey_levels and start == 0 and x.size and 0 < x.max() <= 1:
             # e.g. MNIST as floats in [0, 1] given to a model trained on grey levels 0..255:
             # valid numbers, but scored as near-black images.
             warnings.warn(

@@ -16,6 +16,13 @@ DEFAULT_SCORE_TYPE = "elbo"  # a bundle's own default is its manifest's default_
 DEFAULT_SEED = 0  # the seed when none is given, so score() and predict() agree call after call
 DEFAULT_BATCH_SIZE = 1024
 _LOWEST = float(np.finfo(np.float64).min)  # where every importance weight is 0, see iwae
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+# The posterior log-variance is clamped at this where the noise is drawn and in the KL (the
+# torch side mirrors it, training.model.VAE.forward): the encoder maps rows far outside the
+# training data to a huge logvar (558 seen on a sensor table), whose exp overflows float32
+# and turned scores into inf - inf = NaN. A variance of e^30 is far beyond any posterior of
+# ordinary data (the prior's is 1), so ordinary scores are unchanged.
+LOGVAR_MAX = 30.0
 
 
 @dataclass(frozen=True)
@@ -76,22 +83,22 @@ class ScoredBatch:
 
 
 def scores_at_mean(losses, mu, logvar, score_type: str) -> np.ndarray:
-    """Scores from per-feature losses (n, *shape) of z = mu."""
-    recon = losses.reshape(len(losses), -1).sum(axis=1, dtype=np.float32)
+    """Scores from per-feature losses (n, *shape) of z = mu, logvar clamped."""
+    recon = losses.reshape(len(losses), -1).sum(axis=1, dtype=losses.dtype)
     if score_type == "recon":
-        return recon
-    return (recon + kl_divergence(mu, logvar)).astype(np.float32)
+        return finite_float32(recon)
+    return finite_float32(recon + kl_divergence(mu, logvar))
 
 
 def scores_over_draws(losses, mu, logvar, z, eps, score_type: str) -> np.ndarray:
     """Scores from per-feature losses (n, L, *shape) of L draws z (n, L, k) made with noise
-    eps (n, L, k)."""
+    eps (n, L, k), logvar clamped."""
     n, draws = losses.shape[:2]
-    recon = np.add.reduce(losses.reshape(n, draws, -1), axis=2, dtype=np.float32)  # (n, L)
+    recon = np.add.reduce(losses.reshape(n, draws, -1), axis=2, dtype=losses.dtype)  # (n, L)
     if score_type == "recon":
-        return recon.mean(axis=1)
+        return finite_float32(recon.mean(axis=1))
     if score_type == "elbo":
-        return (recon.mean(axis=1) + kl_divergence(mu, logvar)).astype(np.float32)
+        return finite_float32(recon.mean(axis=1) + kl_divergence(mu, logvar))
     # iwae: log w = log p(x|z) + log p(z) - log q(z|x); the log(2 pi) terms cancel, and
     # log q(z|x) takes the eps that made z (recovering it from z overflows for tiny
     # variances). The ufuncs' own reductions: np.sum's, np.max's and np.mean's arithmetic
@@ -101,13 +108,25 @@ def scores_over_draws(losses, mu, logvar, z, eps, score_type: str) -> np.ndarray
     # initial: a finite top where every weight is 0 (a loss overflowed), so the score is
     # +inf there, not NaN; elsewhere it changes nothing.
     top = np.maximum.reduce(log_w, axis=1, keepdims=True, initial=_LOWEST)
-    log_mean_w = top[:, 0] + np.log(np.add.reduce(np.exp(log_w - top), axis=1) / draws)
-    return (-log_mean_w).astype(np.float32)
+    with np.errstate(divide="ignore"):  # log(0) where every weight is 0: score +inf, saturated
+        log_mean_w = top[:, 0] + np.log(np.add.reduce(np.exp(log_w - top), axis=1) / draws)
+    return finite_float32(-log_mean_w)
 
 
 def kl_divergence(mu: np.ndarray, logvar: np.ndarray) -> np.ndarray:
-    """KL(N(mu, exp(logvar)) || N(0, I)) per row, closed form."""
+    """KL(N(mu, exp(logvar)) || N(0, I)) per row, closed form, for a clamped logvar."""
     return -0.5 * np.sum(1 + logvar - np.square(mu) - np.exp(logvar), axis=1)
+
+
+def clamp_logvar(logvar: np.ndarray) -> np.ndarray:
+    """The encoder's logvar at most LOGVAR_MAX, in place (a fresh array from the graph)."""
+    return np.minimum(logvar, np.float32(LOGVAR_MAX), out=logvar)
+
+
+def finite_float32(a: np.ndarray) -> np.ndarray:
+    """Scores as float32, a loss beyond float32's range saturated at its largest value:
+    a row too far out to measure in float32 is as anomalous as any, never inf."""
+    return np.minimum(a, FLOAT32_MAX).astype(np.float32, copy=False)
 
 
 NOISE_ROWS = 64  # rows of one draw that share a noise generator (fewer with more draws)
@@ -142,7 +161,8 @@ def _noise_block(seed: int, block: int, rows: int, samples: int, k: int) -> np.n
 
 
 def draw_latents(mu: np.ndarray, logvar: np.ndarray, eps: np.ndarray) -> np.ndarray:
-    """z = mu + exp(logvar / 2) * eps for eps (N, samples, k): shape (N, samples, k)."""
+    """z = mu + exp(logvar / 2) * eps for eps (N, samples, k): shape (N, samples, k);
+    logvar clamped (clamp_logvar)."""
     return mu[:, None, :] + np.exp(0.5 * logvar)[:, None, :] * eps
 
 

@@ -5,6 +5,7 @@ import json
 import shutil
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -367,15 +368,16 @@ def test_iwae_stays_finite_for_a_tiny_posterior_variance():
     np.testing.assert_allclose(score, [4 - 1 + 200], rtol=1e-6)
 
 
-def test_iwae_is_infinite_not_nan_when_every_loss_overflowed():
-    from vae_edge.runtime.scoring import scores_over_draws
+def test_iwae_saturates_not_nan_when_every_loss_overflowed():
+    from vae_edge.runtime.scoring import FLOAT32_MAX, scores_over_draws
 
     mu, logvar = np.zeros((2, 1), np.float32), np.zeros((2, 1), np.float32)
     eps = np.zeros((2, 2, 1), np.float32)
     losses = np.array([[[np.inf], [np.inf]], [[1.0], [1.0]]], np.float32)
-    with pytest.warns(RuntimeWarning, match="divide by zero"):  # log(0): no weight left
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no divide-by-zero or invalid-value warning either
         score = scores_over_draws(losses, mu, logvar, eps, eps, "iwae")
-    assert score[0] == np.inf and np.isfinite(score[1])
+    assert score[0] == np.float32(FLOAT32_MAX) and score[1] == pytest.approx(1.0)
 
 
 # -- complexity: image scores per bit of the image's complexity --------------------------------
@@ -468,3 +470,96 @@ def test_complexity_is_refused_where_there_are_no_grey_levels(tiny, tmp_path):
         manifest = json.loads((TINY / "vae.json").read_text()) | {field: value}
         with pytest.raises(BundleError, match=message):
             Manifest.from_dict(manifest)
+
+
+# -- finite in, finite out: any finite input gets a finite score ------------------------------
+
+SCORE_OPTIONS = [("recon", 0), ("elbo", 0), ("recon", 3), ("elbo", 3), ("iwae", 1), ("iwae", 3)]
+FLOAT32_LARGEST = float(np.finfo(np.float32).max)
+finite32 = st.floats(-FLOAT32_LARGEST, FLOAT32_LARGEST, width=32)
+# huge, tiny and ordinary magnitudes, both signs
+magnitudes = st.one_of(finite32, st.floats(-10, 10, width=32),
+                       st.sampled_from([FLOAT32_LARGEST, -FLOAT32_LARGEST, 1e-38, 1e30, -1e20]))  # fmt: skip
+
+
+@settings(max_examples=60, deadline=None)
+@given(row=st.lists(magnitudes, min_size=6, max_size=6), option=st.sampled_from(SCORE_OPTIONS))
+def test_any_finite_table_row_gets_a_finite_score(tiny, row, option):
+    x = np.array([row], np.float32)
+    score = tiny.score(x, score_type=option[0], samples=option[1])
+    features = tiny.feature_scores(x, samples=option[1])
+    assert np.isfinite(score).all() and np.isfinite(features).all(), (row, option, score)
+    as_float64 = tiny.score(x.astype(np.float64), score_type=option[0], samples=option[1])
+    np.testing.assert_array_equal(score, as_float64)
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    base=st.lists(st.floats(-3, 3, width=32), min_size=6, max_size=6),
+    column=st.integers(0, 5),
+    sign=st.sampled_from([1, -1]),
+    exponents=st.tuples(st.floats(4, 38.5), st.floats(4, 38.5)),
+    option=st.sampled_from(SCORE_OPTIONS),
+)
+def test_a_row_further_out_scores_higher_never_lower(tiny, base, column, sign, exponents, option):
+    """Beyond the encoder's clip (STANDARDIZED_LIMIT standard deviations) up to float32's
+    largest raw value: monotone in the distance along any column, for every score option
+    (each row scored alone, so both get row 0's noise)."""
+    p = tiny.manifest.preprocessing
+    near, far = sorted(10**e for e in exponents)
+    scores = []
+    for distance in (near, far):
+        row = np.array([base], np.float64) * p.std + p.mean
+        row[0, column] = np.clip(p.mean[column] + sign * distance * p.std[column],
+                                 -FLOAT32_LARGEST, FLOAT32_LARGEST)  # fmt: skip
+        scores.append(
+            tiny.score(row.astype(np.float32), score_type=option[0], samples=option[1])[0]
+        )
+    assert np.isfinite(scores).all() and scores[0] <= scores[1], (near, far, option, scores)
+
+
+def test_calibrate_and_predict_on_rows_far_out(tiny, tmp_path):
+    """The threshold of data holding rows far out is finite; those rows are flagged."""
+    from vae_edge.runtime.anomaly import calibrate
+
+    x = tiny_rows(300)
+    x[-3:, 2] = [1e6, 1e30, FLOAT32_LARGEST]
+    threshold = calibrate(tiny, x, contamination=0.01)
+    assert np.isfinite(threshold.value)
+    bundle = shutil.copytree(tiny.source, tmp_path / "bundle")
+    write_threshold(bundle, threshold)
+    flags = EdgeVAE.load(bundle).predict(x)
+    assert flags[-3:].all() and flags.sum() <= 6
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    kind=st.sampled_from(["black", "white", "noise", "stripes"]),
+    dtype=st.sampled_from([np.uint8, np.float32, np.float64]),
+    option=st.sampled_from(SCORE_OPTIONS),
+    complexity=st.booleans(),
+)
+def test_any_valid_image_gets_a_finite_score(kind, dtype, option, complexity):
+    """The shipped image model on extreme images (flat black, flat white, pure noise,
+    one-pixel stripes), as uint8 or as float grey levels: finite, and the same scores
+    whatever the dtype."""
+    model = _shipped()
+    rng = np.random.default_rng(0)
+    image = {"black": np.zeros((28, 28)), "white": np.full((28, 28), 255),
+             "noise": rng.integers(0, 256, (28, 28)),
+             "stripes": np.tile([0, 255], (28, 14))}[kind]  # fmt: skip
+    score = model.score(image.astype(dtype), score_type=option[0], samples=option[1],
+                        complexity=complexity)  # fmt: skip
+    assert np.isfinite(score).all(), (kind, option, score)
+    as_uint8 = model.score(image.astype(np.uint8), score_type=option[0], samples=option[1],
+                           complexity=complexity)  # fmt: skip
+    np.testing.assert_array_equal(score, as_uint8)
+
+
+_SHIPPED = []
+
+
+def _shipped() -> EdgeVAE:
+    if not _SHIPPED:
+        _SHIPPED.append(EdgeVAE.load(threads=1))
+    return _SHIPPED[0]

@@ -4,11 +4,15 @@ import gzip
 import hashlib
 import http.server
 import json
+import sys
 import threading
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from click.testing import CliRunner
+from PIL import Image
 
 from vae_edge.runtime.errors import InputError
 from vae_edge.training import mnist
@@ -16,7 +20,8 @@ from vae_edge.training.train import choose_likelihood, load_run, train
 
 
 def test_defaults_follow_the_data():
-    assert choose_likelihood(np.zeros((3, 4), np.uint8))[1].scale == pytest.approx(1 / 255)
+    grey = np.array([[0, 7, 255, 1], [3, 0, 0, 9], [1, 1, 0, 0]], np.uint8)
+    assert choose_likelihood(grey)[1].scale == pytest.approx(1 / 255)
     unit = np.random.default_rng(0).random((3, 4, 4))
     likelihood, prep = choose_likelihood(unit)  # images in [0, 1]
     assert likelihood == "bernoulli" and prep.kind == "scale" and prep.scale == 1.0
@@ -321,3 +326,99 @@ def test_vae_detector_follows_the_pyod_convention(tmp_path):
     with pytest.raises(ValueError, match="no parameter 'depth'"):
         clone.set_params(depth=2)
     assert repr(VAEDetector(contamination=0.2)) == "VAEDetector(contamination=0.2)"
+
+
+def _blobs(n: int, seed: int = 0) -> np.ndarray:
+    """Binary 12 x 12 images: a filled square at a random place."""
+    rng = np.random.default_rng(seed)
+    x = np.zeros((n, 12, 12), np.uint8)
+    for image, (top, left, side) in zip(x, rng.integers((0, 0, 3), (6, 6, 7), (n, 3)), strict=True):
+        image[top : top + side, left : left + side] = 1
+    return x
+
+
+def test_which_data_gets_which_model():
+    """The README's rule (Which data gets which model), case by case."""
+    binary = _blobs(5)
+    for x in (binary, binary.astype(np.float32), binary.astype(bool).astype(np.int64)):
+        likelihood, prep = choose_likelihood(x)
+        assert likelihood == "bernoulli" and prep.scale == 1.0, x.dtype  # 0/1: floor 0
+    assert choose_likelihood(binary.reshape(5, -1))[1].scale == 1.0  # a 0/1 table too
+    grey = np.random.default_rng(0).integers(0, 256, (5, 6, 6))
+    for x in (grey.astype(np.uint8), grey.astype(np.float32), grey.astype(np.int64)):
+        likelihood, prep = choose_likelihood(x)
+        assert likelihood == "bernoulli" and prep.scale == pytest.approx(1 / 255), x.dtype
+    assert choose_likelihood(grey.reshape(5, -1).astype(np.float32))[0] == "gaussian"  # table
+    assert choose_likelihood(grey + 0.5)[0] == "gaussian"  # not whole numbers
+    assert choose_likelihood(grey.astype(np.float32) * 2)[0] == "gaussian"  # beyond 255
+    with pytest.raises(InputError, match="grey levels"):
+        choose_likelihood(grey * 2.0, "bernoulli")
+
+
+def test_binary_images_train_the_model_their_0_255_form_does(tmp_path):
+    """uint8 0/1 images are binary data: the same model as the pixels stored as 0/255 (the
+    same encoder input, floor 0), the same scores on each form, and `sample` writes a
+    black-and-white grid; scoring the other form is refused or warned about."""
+    from vae_edge.cli import cli
+    from vae_edge.export.onnx_export import export_run
+    from vae_edge.runtime import EdgeVAE, InputError, InputWarning
+
+    x = _blobs(400)
+    models = {}
+    for name, data in (("binary", x), ("levels", x * 255), ("float", (x * 255).astype(np.float32))):
+        np.save(tmp_path / f"{name}.npy", data)
+        train(str(tmp_path / f"{name}.npy"), tmp_path / name, epochs=3, progress=False)
+        export_run(tmp_path / name, tmp_path / f"{name}-bundle")
+        models[name] = EdgeVAE.load(tmp_path / f"{name}-bundle")
+    binary, levels, floats = models["binary"], models["levels"], models["float"]
+    assert binary.manifest.binary and not levels.manifest.binary
+    assert binary.manifest.preprocessing.scale == 1.0
+    assert binary.manifest.default_score == levels.manifest.default_score  # complexity on
+    test = _blobs(50, seed=1)
+    for a, b in ((binary, levels), (levels, floats)):
+        assert a.manifest.encoder.sha256 == b.manifest.encoder.sha256  # the same weights
+    np.testing.assert_array_equal(binary.score(test), levels.score(test * 255))
+    np.testing.assert_array_equal(levels.score(test * 255), floats.score(test * 255.0))
+    np.testing.assert_array_equal(binary.nll_floor(test), 0)
+    with pytest.raises(InputError, match=r"must lie in \[0, 1\]"):
+        binary.score(test * 255)
+    with pytest.warns(InputWarning, match="multiply it by 255"):
+        levels.score(test)
+    result = CliRunner().invoke(cli, ["sample", "--model", str(tmp_path / "binary-bundle"),
+                                      "-n", "16", "-o", str(tmp_path / "s.png")])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert set(np.unique(np.asarray(Image.open(tmp_path / "s.png")))) == {0, 255}
+
+
+def test_a_fitted_detector_pickles_and_clones(tmp_path):
+    """pickle and joblib round trips of a fitted VAEDetector, alone and inside a
+    scikit-learn Pipeline, give identical scores; the bundle's files travel inside the
+    pickle, so the copy works with the original gone. clone gives an unfitted copy."""
+    import pickle
+
+    import joblib
+    from sklearn.base import clone
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import FunctionTransformer
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from make_tiny_bundle import tiny_table
+
+    from vae_edge.training import VAEDetector
+
+    x = tiny_table(300, seed=1)
+    detector = VAEDetector(contamination=0.05, epochs=3).fit(x)
+    pipeline = make_pipeline(FunctionTransformer(), VAEDetector(epochs=3, seed=1)).fit(x)
+    scores = detector.decision_function(x)
+    pickled = pickle.dumps(detector)
+    joblib.dump(pipeline, tmp_path / "pipeline.joblib")
+    pipeline_scores = pipeline.decision_function(x)
+    del detector, pipeline  # their temporary bundles go with them
+    copy = pickle.loads(pickled)
+    np.testing.assert_array_equal(copy.decision_function(x), scores)
+    np.testing.assert_array_equal(copy.predict(x), (scores > copy.threshold_).astype(int))
+    loaded = joblib.load(tmp_path / "pipeline.joblib")
+    np.testing.assert_array_equal(loaded.decision_function(x), pipeline_scores)
+    unfitted = clone(copy)
+    assert unfitted.get_params() == copy.get_params() and not hasattr(unfitted, "model_")
+    assert pickle.loads(pickle.dumps(unfitted)).get_params() == copy.get_params()

@@ -116,6 +116,33 @@ class VAEDetector:
         changed = {k: v for k, v in self.get_params().items() if v != _defaults()[k]}
         return f"VAEDetector({', '.join(f'{k}={v!r}' for k, v in changed.items())})"
 
+    def __sklearn_tags__(self):
+        """What scikit-learn (1.6 and later) asks of an estimator in clone and Pipeline: an
+        outlier detector, no target. Called only by scikit-learn, so only it imports it."""
+        from sklearn.utils import Tags, TargetTags
+
+        return Tags(estimator_type="outlier_detector", target_tags=TargetTags(required=False))
+
+    def __getstate__(self) -> dict:
+        """The parameters and, once fitted, the bundle's files as bytes: onnxruntime's
+        sessions do not pickle, so a pickled detector carries its model and loads it again."""
+        state = {k: v for k, v in self.__dict__.items() if k not in ("model_", "_workspace")}
+        if hasattr(self, "model_"):
+            files = sorted(p for p in Path(self.bundle_).iterdir() if p.is_file())
+            state["bundle_files_"] = {p.name: p.read_bytes() for p in files}
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        files = state.pop("bundle_files_", None)
+        self.__dict__.update(state)
+        if files is not None:
+            self._workspace = tempfile.TemporaryDirectory(prefix="vae-edge-detector-")
+            self.bundle_ = Path(self._workspace.name) / "bundle"
+            self.bundle_.mkdir()
+            for name, data in files.items():
+                (self.bundle_ / name).write_bytes(data)
+            self.model_ = EdgeVAE.load(self.bundle_)
+
     def _fitted(self) -> EdgeVAE:
         if not hasattr(self, "model_"):
             raise RuntimeError("this VAEDetector is not fitted yet; call fit(X) first")

@@ -8,6 +8,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from vae_edge.runtime.scoring import LOGVAR_MAX
+
 HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
 ARCHS = ("mlp", "conv")
 LIKELIHOODS = ("bernoulli", "gaussian")
@@ -75,8 +77,10 @@ class VAE(nn.Module):
 
     def forward(self, x, eps=None):
         """(decoder output, mu, logvar) for x; z = mu + exp(logvar / 2) * eps, or z = mu
-        when eps is None."""
+        when eps is None. logvar is clamped at LOGVAR_MAX, as the runtime does after the
+        encoder graph (the graph itself is encode, unclamped)."""
         mu, logvar = self.encode(x)
+        logvar = logvar.clamp(max=LOGVAR_MAX)
         z = mu if eps is None else self.reparameterize(mu, logvar, eps)
         return self.decode(z), mu, logvar
 
