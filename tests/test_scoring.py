@@ -20,7 +20,7 @@ from vae_edge.runtime import BundleError, EdgeVAE, InputError, InputWarning, Sco
 from vae_edge.runtime.anomaly import write_threshold
 from vae_edge.runtime.bundle import default_model_dir
 from vae_edge.runtime.likelihood import Bernoulli, Gaussian, bernoulli_entropy
-from vae_edge.runtime.manifest import Manifest, Preprocessing, Threshold
+from vae_edge.runtime.manifest import DefaultScore, Manifest, Preprocessing, Threshold
 
 DATA = Path(__file__).parent / "data"
 TINY = DATA / "tiny_bundle"  # the conftest's tiny_bundle, as a constant for parametrised CLI args
@@ -67,7 +67,8 @@ def test_shipped_model_scores_are_bit_identical_to_the_previous_runtime():
                 if score_type == "iwae" and samples == 0:
                     continue
                 for seed in (0, 7):
-                    got = m.score(x, samples=samples, seed=seed, score_type=score_type)
+                    got = m.score(x, samples=samples, seed=seed, score_type=score_type,
+                                  complexity=False)  # fmt: skip
                     np.testing.assert_array_equal(got, ref[f"{name}_{score_type}_{samples}_{seed}"])
                     checked += 1
         np.testing.assert_array_equal(m.feature_scores(x[:8]), ref[f"{name}_features_0"])
@@ -80,9 +81,13 @@ def test_shipped_model_scores_are_bit_identical_to_the_previous_runtime():
     np.testing.assert_array_equal(m.reconstruct(x8[:4], seed=4), ref["reconstruct"])
     np.testing.assert_array_equal(m.sample(4, seed=5), ref["sample"])
     small = EdgeVAE.load(batch_size=16)
-    chunks = small.score_chunks([x8[:40], x8[40:]], samples=3, seed=9)
+    chunks = small.score_chunks([x8[:40], x8[40:]], samples=3, seed=9, complexity=False)
     np.testing.assert_array_equal(np.concatenate(list(chunks)), ref["chunks_elbo_3"])
     assert checked == 32
+    # The shipped model scores as a newly exported image model does: -ELBO per complexity bit.
+    assert m.manifest.default_score == DefaultScore("elbo", 0, complexity=True)
+    bits = m.likelihood.complexity_bits(m.likelihood.prepare(x8))
+    np.testing.assert_array_equal(m.score(x8), ref["uint8_elbo_0_0"] / bits)
 
 
 def test_tiny_bundle_scores_are_bit_identical_to_the_previous_runtime(tiny):
@@ -417,7 +422,11 @@ def test_complexity_divides_each_score_by_the_images_complexity(image_bundle):
     # the model's default, from its manifest; float grey levels count as their uint8 ones
     np.testing.assert_array_equal(model.score(x8), model.score(x8, 0, 0, "elbo", True))
     np.testing.assert_array_equal(model.score(x8.astype(np.float32)), model.score(x8))
-    assert model.settings().complexity and not EdgeVAE.load().settings().complexity
+    assert model.settings().complexity and EdgeVAE.load().settings().complexity
+    manifest = json.loads((image_bundle / "vae.json").read_text())
+    del manifest["default_score"]  # a bundle exported before default_score: -ELBO in nats
+    (image_bundle / "vae.json").write_text(json.dumps(manifest))
+    assert not EdgeVAE.load(image_bundle).settings().complexity
     # per-feature losses and the likelihood figures stay in nats
     np.testing.assert_allclose(model.feature_scores(x8).sum(axis=(1, 2)),
                                model.score(x8, 0, 0, "recon", False), rtol=1e-5)  # fmt: skip
