@@ -1,5 +1,5 @@
-"""Tabular anomaly detection: vae-edge with default settings against PyOD's VAE and
-IForest (their defaults) and two plain baselines, on every set in the data folder; the
+"""Tabular anomaly detection: vae-edge with default settings against PyOD's VAE, IForest,
+KNN, LOF and ECOD (their defaults) and two plain baselines, on every set in the data folder; the
 design choices behind vae-edge's defaults side by side; a leave-one-set-out check of them.
 
     python benchmarks/anomaly.py [DATA_DIR]     (default $VAE_EDGE_DATA/odds)
@@ -9,7 +9,8 @@ is fitted on the training part without labels (anomalies included); AUROC and AU
 test part; mean over seeds. vae-edge runs its real pipeline: `train` on an .npy of the
 training part, `export`, then EdgeVAE.score with its defaults (onnxruntime; a table
 model's default score is -L_5), through VAEDetector, the same fit / decision_function
-interface as every other method. Baselines:
+interface as every other method. KNN, LOF and ECOD see features standardised with the
+training part's mean and std (distances need comparable units). Baselines:
 distance from the training mean in standardised units, and PCA reconstruction error with
 half the components. Design choices: pairs of trimmed share (--trim) and training length
 (at least this many optimizer steps) in CHOICES, each a full train, export and score.
@@ -35,9 +36,26 @@ import numpy as np
 from report import write_results
 
 SEEDS = (0, 1, 2)
-PEERS = ("pyod_vae", "pyod_iforest", "distance_from_mean", "pca_reconstruction")
+PEERS = (
+    "pyod_vae",
+    "pyod_iforest",
+    "pyod_knn",
+    "pyod_lof",
+    "pyod_ecod",
+    "distance_from_mean",
+    "pca_reconstruction",
+)
 METHODS = ("vae_edge", *PEERS)
-NAMES = ("vae-edge", "PyOD VAE", "PyOD IForest", "distance from mean", "PCA reconstruction")
+NAMES = (
+    "vae-edge",
+    "PyOD VAE",
+    "PyOD IForest",
+    "PyOD KNN",
+    "PyOD LOF",
+    "PyOD ECOD",
+    "distance from mean",
+    "PCA reconstruction",
+)
 # (trim, least optimizer steps): each trimmed share at three lengths, the chosen one at four.
 CHOICES = ((0.0, 500), (0.1, 500), (0.25, 500), (0.4, 500), (0.25, 1000),
            (0.0, 2000), (0.1, 2000), (0.25, 2000), (0.4, 2000),
@@ -78,6 +96,22 @@ class DistanceFromMean:
         return np.square((x - self.mean_) / self.std_).sum(1)
 
 
+class Standardised:
+    """A detector fitted and scored on features standardised with the training statistics."""
+
+    def __init__(self, detector):
+        self.detector = detector
+
+    def fit(self, x):
+        self.mean_, self.std_ = x.mean(0), x.std(0)
+        self.std_[self.std_ == 0] = 1
+        self.detector.fit((x - self.mean_) / self.std_)
+        return self
+
+    def decision_function(self, x):
+        return self.detector.decision_function((x - self.mean_) / self.std_)
+
+
 class PCAReconstruction(DistanceFromMean):
     """Squared PCA reconstruction error with half the components, standardised units."""
 
@@ -101,7 +135,10 @@ def detectors(seed: int, n_train: int) -> dict:
     """Every method behind one interface, fit(x_train) and decision_function(x_test): the
     peers with their defaults, vae-edge with its defaults ("vae_edge") and with each design
     choice (the default one is the same model)."""
+    from pyod.models.ecod import ECOD
     from pyod.models.iforest import IForest
+    from pyod.models.knn import KNN
+    from pyod.models.lof import LOF
     from pyod.models.vae import VAE as PyodVAE
 
     from vae_edge.training import VAEDetector
@@ -113,6 +150,9 @@ def detectors(seed: int, n_train: int) -> dict:
         "vae_edge": VAEDetector(seed=seed),
         "pyod_vae": PyodVAE(verbose=0),
         "pyod_iforest": IForest(random_state=seed),
+        "pyod_knn": Standardised(KNN()),
+        "pyod_lof": Standardised(LOF()),
+        "pyod_ecod": Standardised(ECOD()),
         "distance_from_mean": DistanceFromMean(),
         "pca_reconstruction": PCAReconstruction(seed),
     }
@@ -222,11 +262,14 @@ def run_split(job) -> tuple[str, int, dict]:
             for score_type, samples in SCORE_VARIANTS:
                 key = score_key(score_type, samples)
                 scores[key] = detector.model_.score(x_test, samples, 0, score_type)
+    # vae-edge's scores of every kind that are NaN or infinite (none may be)
+    nonfinite = sum(int((~np.isfinite(s)).sum()) for k, s in scores.items() if k not in PEERS)
     metrics = {
         k: {"auroc": roc_auc_score(y_test, s), "auprc": average_precision_score(y_test, s)}
         for k, s in scores.items()
+        if np.isfinite(s).all()
     }
-    return file.stem, seed, metrics
+    return file.stem, seed, metrics, nonfinite
 
 
 def main(data_dir: str | None = None) -> None:
@@ -237,9 +280,11 @@ def main(data_dir: str | None = None) -> None:
     started = time.perf_counter()
     jobs = sorted(((f, s) for f in files for s in SEEDS), key=lambda j: -j[0].stat().st_size)
     per_seed: dict[str, list[dict]] = {}
+    nonfinite: dict[str, int] = {}
     with Pool(min(2, os.cpu_count() or 1)) as pool:
-        for name, _, metrics in pool.imap_unordered(run_split, jobs):
+        for name, _, metrics, bad in pool.imap_unordered(run_split, jobs):
             per_seed.setdefault(name, []).append(metrics)
+            nonfinite[name] = nonfinite.get(name, 0) + bad
             if len(per_seed[name]) == len(SEEDS):
                 done = sum(len(v) == len(SEEDS) for v in per_seed.values())
                 print(f"{name:<12} done ({done} of {len(files)} sets, "
@@ -249,7 +294,7 @@ def main(data_dir: str | None = None) -> None:
                for k in runs[0]}
         for name, runs in sorted(per_seed.items())
     }  # fmt: skip
-    write(results, time.perf_counter() - started)
+    write(results, nonfinite, time.perf_counter() - started)
 
 
 def wins(results: dict, a: str, b: str, sets=None) -> int:
@@ -272,7 +317,20 @@ def leave_one_set_out(results: dict) -> dict:
     return out
 
 
-def write(results: dict, seconds: float) -> None:
+def mean_ranks(results: dict) -> dict[str, float]:
+    """Each method's rank among METHODS by AUROC on each set (1 = best, ties averaged),
+    averaged over the sets."""
+    ranks = {m: [] for m in METHODS}
+    for s in results:
+        aurocs = {m: results[s][m]["auroc"] for m in METHODS}
+        for m in METHODS:
+            above = sum(a > aurocs[m] for a in aurocs.values())
+            tied = sum(a == aurocs[m] for a in aurocs.values())
+            ranks[m].append(above + (tied + 1) / 2)
+    return {m: float(np.mean(r)) for m, r in ranks.items()}
+
+
+def write(results: dict, nonfinite: dict, seconds: float) -> None:
     sets = list(results)
     n = len(sets)
 
@@ -284,6 +342,8 @@ def write(results: dict, seconds: float) -> None:
     best_on = {m: sum(max(METHODS, key=lambda k: results[s][k]["auroc"]) == m for s in sets)
                for m in METHODS}  # fmt: skip
     vae_wins = {m: wins(results, "vae_edge", m) for m in PEERS}
+    ranks = mean_ranks(results)
+    wins_over_all = {m: sum(wins(results, m, o) for o in METHODS if o != m) for m in METHODS}
     loso = leave_one_set_out(results)
     loso_wins = sum(loso[s]["auroc"] > results[s]["pyod_iforest"]["auroc"] for s in sets)
     versions = {p: metadata.version(p) for p in ("vae-edge", "torch", "onnxruntime", "pyod",
@@ -291,6 +351,8 @@ def write(results: dict, seconds: float) -> None:
     machine = f"{platform.machine()}, {os.cpu_count()} cores, {platform.platform()}"
     out = {"protocol": __doc__.split("Protocol")[1].split("Writes")[0].strip(), "sets": results,
            "mean": means, "vae_edge_wins_auroc": vae_wins, "best_of_methods": best_on,
+           "mean_rank": ranks, "wins_over_the_others": wins_over_all,
+           "vae_edge_nonfinite_scores": nonfinite,
            "leave_one_set_out": loso, "leave_one_set_out_wins_vs_iforest": loso_wins,
            "versions": versions, "machine": machine, "seconds": round(seconds)}  # fmt: skip
 
@@ -305,8 +367,17 @@ def write(results: dict, seconds: float) -> None:
         lines.append(row(s, [f"{results[s][m]['auroc']:.3f}" for m in METHODS]))
     lines.append(row("**mean AUROC**", [f"**{means[m]['auroc']:.3f}**" for m in METHODS]))
     lines.append(row("mean AUPRC", [f"{means[m]['auprc']:.3f}" for m in METHODS]))
-    lines.append(row("best of the five on", [f"{best_on[m]} of {n}" for m in METHODS]))
+    lines.append(row("mean rank (1 = best)", [f"{ranks[m]:.2f}" for m in METHODS]))
+    lines.append(row(f"best of the {len(METHODS)} on", [f"{best_on[m]} of {n}" for m in METHODS]))
     lines.append(row("vae-edge better on", ["", *(f"{vae_wins[m]} of {n}" for m in PEERS)]))
+    lines.append(row(f"wins over the other {len(METHODS) - 1} (set-method pairs)",
+                     [str(wins_over_all[m]) for m in METHODS]))  # fmt: skip
+    lines += [
+        "",
+        "vae-edge scores that were NaN or infinite (every score type and variant, "
+        f"every seed): {sum(nonfinite.values())}"
+        + "".join(f"; {s}: {c}" for s, c in sorted(nonfinite.items()) if c),
+    ]
 
     lines += ["", "AUPRC:", "", *header(NAMES)]
     for s in sets:
