@@ -79,6 +79,9 @@ TRANSFORMS = {
     "noisy": lambda x, rng: np.minimum(x + rng.integers(0, 64, x.shape), 255).astype(np.uint8),
     "small": lambda x, rng: x.reshape(-1, 14, 2, 14, 2).mean((2, 4)).round().astype(np.uint8),
     "colour": coloured,
+    # thresholded scans: the same pixels stored as 0/1 and as 0/255 (the same model)
+    "binary": lambda x, rng: (x > 127).astype(np.uint8),
+    "binary255": lambda x, rng: (x > 127).astype(np.uint8) * 255,
 }
 
 

@@ -14,12 +14,7 @@ from typing import NamedTuple
 import numpy as np
 
 from vae_edge.runtime.errors import InputError
-from vae_edge.runtime.manifest import (
-    STANDARDIZED_LIMIT,
-    Manifest,
-    Preprocessing,
-    is_channels_first,
-)
+from vae_edge.runtime.manifest import Manifest, Preprocessing, is_channels_first
 
 HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
 
@@ -32,6 +27,7 @@ class Prepared(NamedTuple):
     xp: np.ndarray
     floor: np.ndarray | None
     target: np.ndarray | None = None
+    levels: np.ndarray | None = None  # uint8 grey levels as given, for complexity_bits
 
     def with_draws_axis(self) -> Prepared:
         """The same batch with an axis of length 1 after the rows, to meet L draws."""
@@ -50,6 +46,7 @@ class Bernoulli:
         levels = preprocessing.apply(np.arange(256, dtype=np.uint8))
         self._uint8_floor = bernoulli_entropy(levels)
         self._uint8_in_range = bool(levels.min() >= 0 and levels.max() <= 1)
+        self._grey_levels = math.isclose(preprocessing.scale, 1 / 255)
 
     def prepare(self, x: np.ndarray) -> Prepared:
         """Raw samples -> encoder input and floor; values outside [0, 1] after scaling are
@@ -62,7 +59,9 @@ class Bernoulli:
                 f"input values must lie in [0, {high:g}] for this model "
                 f"(found {float(x.min()):g} to {float(x.max()):g})"
             )
-        return Prepared(xp, self._uint8_floor[x] if uint8 else bernoulli_entropy(xp))
+        if not uint8:
+            return Prepared(xp, bernoulli_entropy(xp))
+        return Prepared(xp, self._uint8_floor[x], levels=x if self._grey_levels else None)
 
     def nll(self, batch: Prepared, logits: np.ndarray) -> np.ndarray:
         """BCE with logits minus the floor, per feature: softplus(l) - x * l - H(x).
@@ -97,14 +96,26 @@ class Bernoulli:
         detection with likelihood-based generative models", 2020, who use a compressor's).
         NumPy on the whole batch: unlike a compressor, it costs little and gives the same
         bits on every machine."""
-        levels = np.rint(batch.xp * 255)
+        levels = batch.levels if batch.levels is not None else np.rint(batch.xp * 255)
         n = len(levels)
-        channels_last = levels.ndim == 4 and not is_channels_first(levels.shape[1:])
-        bits = np.full(n, levels[0].size, np.float32)
-        for axis in (1, 2) if channels_last or levels.ndim == 3 else (2, 3):
-            steps = np.abs(np.diff(levels, axis=axis))
-            bits += np.add.reduce(np.log2(1 + steps).reshape(n, -1), axis=1)
-        return bits
+        if levels.ndim == 4 and not is_channels_first(levels.shape[1:]):
+            levels = np.moveaxis(levels, 3, 1)  # (N, H, W, C) -> (N, C, H, W)
+        h, w = levels.shape[-2:]
+        # Each channel's levels as one row, int16 for signed steps; the steps across and
+        # down are differences of the row with itself shifted by 1 and by w, written side
+        # by side into one array so that every later pass is one NumPy call.
+        rows = levels.reshape(-1, h * w).astype(np.int16)
+        steps = np.empty((len(rows), 2 * h * w - 1 - w), np.int16)
+        across = steps[:, : h * w - 1]
+        np.subtract(rows[:, 1:], rows[:, :-1], out=across)
+        across[:, w - 1 :: w] = 0  # a row's last level and the next row's first: log2(1) = 0
+        np.subtract(rows[:, w:], rows[:, :-w], out=steps[:, h * w - 1 :])
+        np.abs(steps, out=steps)
+        code = steps.astype(np.float32)
+        code += 1
+        np.log2(code, out=code)
+        bits = np.add.reduce(code, axis=1).reshape(n, -1)
+        return np.add.reduce(bits, axis=1) + np.float32(levels[0].size)
 
     def example_inputs(self, rng: np.random.Generator, shape) -> np.ndarray:
         """Valid encoder inputs for checks: uniform in [0, 1]."""
@@ -125,9 +136,9 @@ class Gaussian:
             self._precision = np.exp(-self.logvar)
 
     def prepare(self, x: np.ndarray) -> Prepared:
-        xp = np.ascontiguousarray(self.preprocessing.apply(x), dtype=np.float32)
-        clipped = xp.size and (xp.min() <= -STANDARDIZED_LIMIT or xp.max() >= STANDARDIZED_LIMIT)
-        if clipped and self.preprocessing.kind == "standardize":
+        xp, clipped = self.preprocessing.apply_and_clip(x)
+        xp = np.ascontiguousarray(xp, dtype=np.float32)
+        if clipped:
             return Prepared(xp, None, self.preprocessing.standardized_float64(x))
         return Prepared(xp, None)
 

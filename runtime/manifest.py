@@ -44,17 +44,22 @@ class Preprocessing:
 
     def apply(self, x: np.ndarray) -> np.ndarray:
         """Raw samples (N, ...) -> the encoder's float32 input, same shape."""
-        with np.errstate(over="ignore"):  # float64 beyond float32's range: inf, then clipped
-            x = np.asarray(x, np.float32)
+        return self.apply_and_clip(x)[0]
+
+    def apply_and_clip(self, x: np.ndarray) -> tuple[np.ndarray, bool]:
+        """apply(x), and whether a standardised value was clipped."""
         if self.kind == "scale":
-            return x * np.float32(self.scale)
-        flat = x.reshape(len(x), -1)
+            return np.asarray(x, np.float32) * np.float32(self.scale), False
+        # float64 beyond float32's range becomes inf, then is clipped like any far value
         with np.errstate(over="ignore", invalid="ignore"):
-            xp = (flat - self._mean) / self._std
+            xp = (np.asarray(x, np.float32).reshape(len(x), -1) - self._mean) / self._std
         # In place, and only where needed: a pass that changes nothing costs a third of it.
-        if xp.size and not (-STANDARDIZED_LIMIT <= xp.min() and xp.max() <= STANDARDIZED_LIMIT):
+        clipped = bool(xp.size) and not (
+            -STANDARDIZED_LIMIT < xp.min() and xp.max() < STANDARDIZED_LIMIT
+        )
+        if clipped:
             np.clip(xp, -STANDARDIZED_LIMIT, STANDARDIZED_LIMIT, out=xp)
-        return xp.reshape(x.shape)
+        return xp.reshape(np.shape(x)), clipped
 
     def standardized_float64(self, x: np.ndarray) -> np.ndarray:
         """(x - mean) / std in float64, unclipped: the distances a Gaussian loss measures

@@ -166,8 +166,11 @@ class EdgeVAE:
         complexity, add nll_floor(x) to get the training loss's own units.
         """
         settings = self._settings(score_type, samples, seed, None, None, complexity, flags=False)
+        x = self._as_samples(x)
+        if 0 < len(x) <= settings.rows_per_batch:  # one batch: no generators (batch 1's cost)
+            return self._score_batch(x, 0, settings, per_feature=False).scores
         parts = [b.scores for b in self.score_batches([x], settings)]
-        return parts[0] if len(parts) == 1 else np.concatenate([np.zeros(0, np.float32), *parts])
+        return np.concatenate([np.zeros(0, np.float32), *parts])
 
     def feature_scores(self, x, samples: int | None = None, seed: int | None = None):
         """Reconstruction loss of each feature, (N, *input_shape): which features make a
