@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo install install-gpu test test-runtime-only tiny-bundle model bench bench-anomaly bench-score-cost bench-one-class bench-scale compat lint clean
+.PHONY: demo install install-gpu test test-runtime-only tiny-bundle model bench bench-anomaly bench-score-cost bench-default-score bench-one-class bench-scale compat lint clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -78,6 +78,12 @@ bench-anomaly: install
 # throughput, bundle size (about 2 minutes).
 bench-score-cost: install
 	$(BIN)/python benchmarks/score_cost.py
+
+# The shipped model's default score against floors of the same quantity: batch 1 against
+# the hand-written score, threads, batch 4096 against a NumPy matmul roof, cold start
+# against the imports (about 3 minutes).
+bench-default-score: install
+	$(BIN)/python benchmarks/default_score.py
 
 # One-class MNIST: a model per digit, AUROC on the whole test set (about 7 minutes).
 bench-one-class: install

@@ -8,7 +8,6 @@ reported as one line on stderr with exit code 2; output files appear whole or no
 from __future__ import annotations
 
 import json
-import logging
 import os
 import sys
 from pathlib import Path
@@ -336,6 +335,8 @@ def _score_on_ray(input_path, output, model_dir, settings, per_feature, address,
     pieces = parquet_pieces(input_path)  # a bad file is named before Ray starts
     # Ray Data logs its plan and progress at INFO and a worker's traceback at ERROR; the
     # failure itself comes back as vae-edge's one line.
+    import logging
+
     logging.getLogger("ray.data").setLevel(logging.CRITICAL)
     ray.init(address=address, include_dashboard=False, logging_level="WARNING",
              num_cpus=None if address else os.cpu_count())  # fmt: skip

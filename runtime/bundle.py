@@ -10,8 +10,9 @@ manifest. `verify` runs the same checks one by one and reports each instead of r
 from __future__ import annotations
 
 import hashlib
+import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +23,10 @@ from vae_edge.runtime.manifest import MANIFEST_FILE, Graph, Manifest, read_manif
 from vae_edge.runtime.protobuf import ProtobufError, external_data_locations, ir_version_and_opset
 
 DEVICES = ("cpu", "cuda")
+# threads=None: graph calls of fewer rows than this run on one intra-op thread, larger ones
+# on all cores. Measured (docs/benchmarks.md, threads): on a small batch more threads cost
+# more than they save, and a session with one thread is made in a third of the time.
+PARALLEL_ROWS = 1024
 
 # (release, the highest IR version and ai.onnx opset it loads) for each onnxruntime release
 # that raised either: a one-node graph stamped with each IR version 3-13 and opset 7-26,
@@ -57,15 +62,32 @@ class Bundle:
     source: str
     device: str = "cpu"
     bind: bool = False
+    # threads=None on a CPU with several cores: the graphs, for a second pair of sessions on
+    # all cores that batches of PARALLEL_ROWS rows and more run on (made on the first one).
+    graphs_for_parallel: tuple[bytes, bytes] | None = field(default=None, repr=False)
+    _parallel: tuple | None = field(default=None, repr=False)
 
     def run_encoder(self, xp: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(mu, logvar) for encoder input xp."""
-        mu, logvar = self.encoder.run(self.manifest.encoder.outputs, {self._x: xp})
+        encoder = self._sessions(len(xp))[0]
+        mu, logvar = encoder.run(self.manifest.encoder.outputs, {self._x: xp})
         return mu, logvar
 
     def run_decoder(self, z: np.ndarray) -> np.ndarray:
         """The decoder's output (logits or means) for latent codes z."""
-        return self.decoder.run(self.manifest.decoder.outputs[:1], {self._z: z})[0]
+        decoder = self._sessions(len(z))[1]
+        return decoder.run(self.manifest.decoder.outputs[:1], {self._z: z})[0]
+
+    def _sessions(self, rows: int) -> tuple:
+        if self.graphs_for_parallel is None or rows < PARALLEL_ROWS:
+            return self.encoder, self.decoder
+        if self._parallel is None:
+            options = _session_options(threads=None)
+            self._parallel = tuple(
+                ort.InferenceSession(graph, options, providers=self.encoder.get_providers())
+                for graph in self.graphs_for_parallel
+            )
+        return self._parallel
 
     def run_at_mean(self, xp: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """mu, logvar and the decoder's output at z = mu: one call of each graph."""
@@ -112,18 +134,12 @@ def load_bundle(
     if threads is not None and threads < 1:
         raise InputError(f"threads must be >= 1, got {threads}")
     providers = _providers(device)
-    options = ort.SessionOptions()
-    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    options.inter_op_num_threads = 1
-    if threads is not None:
-        options.intra_op_num_threads = threads
-    # Idle worker threads would spin between calls, taking a core from NumPy's loss
-    # and from the app: score at batch 4096 on 2 cores ran at 28,063 samples/s
-    # without spinning against 26,169 with it (batch 1: 267 vs 243 us; use threads=1).
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    sessions = []
+    parallel = threads is None and device == "cpu" and (os.cpu_count() or 1) > 1
+    options = _session_options(1 if parallel else threads)
+    sessions, graphs = [], []
     for graph in (manifest.encoder, manifest.decoder):
         model = _read_graph(directory, graph, where)
+        graphs.append(model)
         if verify:
             _check_hash(model, graph, where)
         _check_self_contained(model, graph, where)
@@ -139,7 +155,22 @@ def load_bundle(
         if device == "cuda" and "CUDAExecutionProvider" not in session.get_providers():
             raise BundleError(f"{where}: CUDA was requested but onnxruntime fell back to CPU")
         sessions.append(session)
-    return Bundle(manifest, *sessions, source=where, device=device, bind=device != "cpu")
+    return Bundle(manifest, *sessions, source=where, device=device, bind=device != "cpu",
+                  graphs_for_parallel=tuple(graphs) if parallel else None)  # fmt: skip
+
+
+def _session_options(threads: int | None) -> ort.SessionOptions:
+    """Sequential execution, one inter-op thread, `threads` intra-op threads (None: all
+    cores), and no spinning: idle worker threads would spin between calls, taking a core
+    from NumPy's loss and from the app (score at batch 4096 on 2 cores: 28,063 samples/s
+    without spinning, 26,169 with it)."""
+    options = ort.SessionOptions()
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.inter_op_num_threads = 1
+    if threads is not None:
+        options.intra_op_num_threads = threads
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return options
 
 
 def verify(path: str | Path | None = None) -> list[tuple[str, bool, str]]:

@@ -58,8 +58,9 @@ class EdgeVAE:
         """Load a bundle directory (None = the default MNIST model shipped in the package).
 
         device: "cpu" or "cuda" (needs onnxruntime-gpu; refused loudly if CUDA is not active).
-        threads: intra-op threads per session; None lets onnxruntime choose (all cores).
-            At batch 1, threads=1 is as fast and leaves the other cores free.
+        threads: intra-op threads per session. None: one thread for graph calls of fewer
+            than bundle.PARALLEL_ROWS rows (faster there), all cores for larger ones (a
+            second pair of sessions, made on the first such call).
         verify: check each graph's sha256 against the manifest before onnxruntime reads it.
             Turn off only while developing: a bundle is trusted because of this check.
         batch_size: most rows per graph call (the default for every call's settings).
