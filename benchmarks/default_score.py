@@ -136,8 +136,14 @@ def cold_start(path) -> dict:
                 walls[k].append(time.perf_counter() - t0)
         code = ("import numpy, onnxruntime, click; import vae_edge.cli; "
                 "import vae_edge.runtime.model, vae_edge.runtime.output")  # fmt: skip
-        imports = subprocess.run([sys.executable, "-X", "importtime", "-c", code],
-                                 capture_output=True, text=True, check=True, env=env).stderr  # fmt: skip
+        imports = subprocess.run(
+            [sys.executable, "-X", "importtime", "-c", code],  # fmt: skip
+            capture_output=True,
+            text=True,
+            check=True,
+            env=env,
+        )
+        imports = imports.stderr
     ours = {}
     for line in imports.splitlines():
         found = re.match(r"import time:\s+(\d+) \|\s+(\d+) \|(\s*)(\S+)", line)
