@@ -7,7 +7,7 @@ at z = mu per complexity bit) against floors that compute the same quantity, in 
   (default_score_jobs: the two session runs, BCE from logits, closed-form KL, the steps'
   code length from a table, written by hand), taking turns in short bursts;
 - threads: the default (threads=None) against one thread and all cores, batch 1 to 4096:
-  the evidence for bundle.PARALLEL_ROWS;
+  the evidence for bundle.PARALLEL_MULTIPLY_ADDS;
 - batch 4096, one thread: a NumPy matmul roof (the MLP's layer shapes, one BLAS thread),
   the two graphs alone, score without complexity and the default score, each as a share
   of the roof (roof time / its time);
@@ -36,13 +36,14 @@ from importlib import metadata  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
+from environment import runtime_environment  # noqa: E402
 from report import write_results  # noqa: E402
 
 from vae_edge.runtime import EdgeVAE  # noqa: E402
 from vae_edge.runtime.bench import data_like_samples, default_score_jobs, time_calls  # noqa: E402
-from vae_edge.runtime.bundle import PARALLEL_ROWS  # noqa: E402
+from vae_edge.runtime.bundle import PARALLEL_MULTIPLY_ADDS  # noqa: E402
 
-BATCHES = (1, 16, 64, 256, 1024, 4096)
+BATCHES = (1, 16, 32, 64, 256, 1024, 4096)
 COLD_RUNS = 21
 TARGETS = {
     "batch 1 over floor": 1.10,
@@ -115,16 +116,17 @@ def roof(path) -> dict:
 
 
 def cold_start(path) -> dict:
+    """In a fresh venv with `pip install .` (bytecode compiled, as users have it), each
+    command run once first: with PYTHONDONTWRITEBYTECODE set and an editable install,
+    vae-edge's modules were compiled on every start (28 ms of it)."""
     with tempfile.TemporaryDirectory() as tmp:
         one = Path(tmp) / "one.npy"
         np.save(one, data_like_samples(EdgeVAE.load(path), 1))
-        exe = Path(sys.executable).parent / "vae-edge"
+        exe = runtime_environment(Path(tmp))
+        python = str(exe.parent / "python")
         model = ["--model", str(path)] if path else []
-        commands = {"imports floor": [sys.executable, "-c", "import numpy, onnxruntime, click"],
+        commands = {"imports floor": [python, "-c", "import numpy, onnxruntime, click"],
                     "vae-edge score": [str(exe), "score", *model, str(one)]}  # fmt: skip
-        # With the bytecode cache, as `pip install` leaves it: each command runs once first
-        # (with PYTHONDONTWRITEBYTECODE set, vae-edge's modules compiled on every start,
-        # 28 ms of it).
         env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
         walls = {k: [] for k in commands}
         for run in range(COLD_RUNS + 1):
@@ -157,7 +159,8 @@ def cold_start(path) -> dict:
 def main(path: str | None = None) -> None:
     started = time.perf_counter()
     results = {"batch1": batch1(path), "threads": threads(path), "roof": roof(path),
-               "cold_start": cold_start(path), "parallel_rows": PARALLEL_ROWS}  # fmt: skip
+               "cold_start": cold_start(path),
+               "parallel_multiply_adds": PARALLEL_MULTIPLY_ADDS}  # fmt: skip
     versions = {p: metadata.version(p) for p in ("vae-edge", "onnxruntime", "numpy")}
     machine = f"{platform.machine()}, {os.cpu_count()} cores, {platform.platform()}"
     b, r, c = results["batch1"], results["roof"], results["cold_start"]

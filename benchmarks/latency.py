@@ -37,6 +37,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 import torch
+from environment import runtime_environment
 from report import RESULTS, write_results
 
 from vae_edge.export.onnx_export import export_run
@@ -120,16 +121,6 @@ with torch.inference_mode():
     print(float((vae.reconstruction_nll(x, params) - vae.nll_floor(x)
                  + kl_divergence(mu, logvar))[0]))
 """
-
-
-def runtime_environment(tmp: Path) -> Path:
-    """A fresh venv with vae-edge installed as users install it (`pip install .`: the
-    runtime alone, no torch, bytecode compiled at install); returns its `vae-edge`."""
-    venv = tmp / "runtime-venv"
-    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
-    pip = [str(venv / "bin" / "python"), "-m", "pip", "install", "-q", str(REPO)]
-    subprocess.run(pip, check=True, capture_output=True)
-    return venv / "bin" / "vae-edge"
 
 
 def cold_start(run_dir: str, bundle: Path, tmp: Path, vae_edge: Path) -> dict:

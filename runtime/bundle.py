@@ -23,10 +23,13 @@ from vae_edge.runtime.manifest import MANIFEST_FILE, Graph, Manifest, read_manif
 from vae_edge.runtime.protobuf import ProtobufError, external_data_locations, ir_version_and_opset
 
 DEVICES = ("cpu", "cuda")
-# threads=None: graph calls of fewer rows than this run on one intra-op thread, larger ones
-# on all cores. Measured (docs/benchmarks.md, threads): on a small batch more threads cost
-# more than they save, and a session with one thread is made in a third of the time.
-PARALLEL_ROWS = 1024
+# threads=None: a graph call of fewer multiply-adds than this (rows x the graph's weights,
+# a float32 weight a 4-byte parameter) runs on one intra-op thread, a larger one on all
+# cores. Measured on 2 cores (benchmarks/default_score.py): the shipped model's score is
+# faster on one thread up to 16 rows, on two from 32 rows (1.19x; 1.52x at 256); a
+# 6-column table model runs as fast either way at any batch. A session with one thread is
+# also made faster (3 against 12 ms for the shipped model's two).
+PARALLEL_MULTIPLY_ADDS = 12_500_000  # the shipped model: 23 rows a graph call
 
 # (release, the highest IR version and ai.onnx opset it loads) for each onnxruntime release
 # that raised either: a one-node graph stamped with each IR version 3-13 and opset 7-26,
@@ -48,7 +51,7 @@ def default_model_dir() -> Path:
     return Path(__file__).parent / "default_model"
 
 
-@dataclass
+@dataclass(eq=False)  # sessions do not compare
 class Bundle:
     """The manifest and the two sessions; `source` names the bundle in messages.
 
@@ -63,31 +66,32 @@ class Bundle:
     device: str = "cpu"
     bind: bool = False
     # threads=None on a CPU with several cores: the graphs, for a second pair of sessions on
-    # all cores that batches of PARALLEL_ROWS rows and more run on (made on the first one).
+    # all cores that calls of PARALLEL_MULTIPLY_ADDS and more run on (made on the first).
     graphs_for_parallel: tuple[bytes, bytes] | None = field(default=None, repr=False)
-    _parallel: tuple | None = field(default=None, repr=False)
+    _parallel: list = field(default_factory=lambda: [None, None], repr=False)
 
     def run_encoder(self, xp: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(mu, logvar) for encoder input xp."""
-        encoder = self._sessions(len(xp))[0]
+        encoder = self._session(0, len(xp))
         mu, logvar = encoder.run(self.manifest.encoder.outputs, {self._x: xp})
         return mu, logvar
 
     def run_decoder(self, z: np.ndarray) -> np.ndarray:
         """The decoder's output (logits or means) for latent codes z."""
-        decoder = self._sessions(len(z))[1]
+        decoder = self._session(1, len(z))
         return decoder.run(self.manifest.decoder.outputs[:1], {self._z: z})[0]
 
-    def _sessions(self, rows: int) -> tuple:
-        if self.graphs_for_parallel is None or rows < PARALLEL_ROWS:
-            return self.encoder, self.decoder
-        if self._parallel is None:
-            options = _session_options(threads=None)
-            self._parallel = tuple(
-                ort.InferenceSession(graph, options, providers=self.encoder.get_providers())
-                for graph in self.graphs_for_parallel
+    def _session(self, which: int, rows: int) -> ort.InferenceSession:
+        """Graph `which` (0 encoder, 1 decoder) for a call of `rows` rows."""
+        one_thread = (self.encoder, self.decoder)[which]
+        graphs = self.graphs_for_parallel
+        if graphs is None or rows * len(graphs[which]) / 4 < PARALLEL_MULTIPLY_ADDS:
+            return one_thread
+        if self._parallel[which] is None:
+            self._parallel[which] = ort.InferenceSession(
+                graphs[which], _session_options(threads=None), providers=["CPUExecutionProvider"]
             )
-        return self._parallel
+        return self._parallel[which]
 
     def run_at_mean(self, xp: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """mu, logvar and the decoder's output at z = mu: one call of each graph."""

@@ -424,3 +424,27 @@ def test_releases_older_than_the_table_are_not_refused_a_graph_they_may_load(
     monkeypatch.setattr(loader.ort, "__version__", "1.14.1")
     x = EdgeVAE.load(tiny_bundle).sample(3, seed=0)
     assert EdgeVAE.load(tiny_bundle).score(x).shape == (3,)
+
+
+def test_default_threads_use_one_thread_for_small_calls_and_all_cores_for_large(monkeypatch):
+    """threads=None: a call below PARALLEL_MULTIPLY_ADDS runs on the one-thread sessions, a
+    larger one on sessions with all cores (made then); the scores are the same either way."""
+    import os
+
+    from vae_edge.runtime import bundle as bundles
+
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)  # several cores, on any machine
+    model = EdgeVAE.load()
+    one = EdgeVAE.load(threads=1)
+    x = np.round(one.sample(40, seed=3)).astype(np.uint8)
+    weights = len(model.bundle.graphs_for_parallel[0]) / 4
+    rows = int(np.ceil(bundles.PARALLEL_MULTIPLY_ADDS / weights))
+    assert 1 < rows < 40
+    np.testing.assert_array_equal(model.score(x[: rows - 1]), one.score(x[: rows - 1]))
+    assert model.bundle._parallel == [None, None]
+    np.testing.assert_array_equal(model.score(x), one.score(x))
+    assert all(s is not None for s in model.bundle._parallel)
+    options = model.bundle._parallel[0].get_session_options()
+    assert options.intra_op_num_threads == 0  # onnxruntime's default: all cores
+    assert model.bundle.encoder.get_session_options().intra_op_num_threads == 1
+    assert EdgeVAE.load(threads=2).bundle.graphs_for_parallel is None  # as asked
