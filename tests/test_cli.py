@@ -212,7 +212,7 @@ def test_bench_reports_each_contenders_own_times_and_their_ratio(monkeypatch):
                                "perf_counter": staticmethod(lambda: clock["ns"] / 1e9)})  # fmt: skip
     monkeypatch.setattr(bench, "time", fake_time)
     jobs = lambda model, arg: {"vae_edge": advance(300), "bare_ort": advance(100)}  # noqa: E731
-    monkeypatch.setattr(bench, "score_jobs", jobs)
+    monkeypatch.setattr(bench, "default_score_jobs", jobs)
     monkeypatch.setattr(bench, "sample_jobs", jobs)
     rows = bench.run(EdgeVAE.load(), (1, 4), seconds=1e-5)
     for row in rows:

@@ -572,3 +572,15 @@ def _shipped() -> EdgeVAE:
     if not _SHIPPED:
         _SHIPPED.append(EdgeVAE.load(threads=1))
     return _SHIPPED[0]
+
+
+@pytest.mark.parametrize("bundle", [None, TINY])
+def test_bench_floor_computes_the_default_score(bundle):
+    """vae-edge bench's floor is the same quantity by hand: the shipped model's -ELBO per
+    complexity bit, the tiny bundle's -L_5 over the same row noise."""
+    from vae_edge.runtime.bench import data_like_samples, default_score_jobs
+
+    model = EdgeVAE.load(bundle, threads=1)
+    for n in (1, 70):
+        jobs = default_score_jobs(model, data_like_samples(model, n))
+        np.testing.assert_allclose(jobs["bare_ort"](), jobs["vae_edge"](), rtol=1e-4)
