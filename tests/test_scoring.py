@@ -527,15 +527,23 @@ def test_a_row_further_out_scores_higher_never_lower(tiny, base, column, sign, e
     assert np.isfinite(scores).all() and scores[0] <= scores[1], (near, far, option, scores)
 
 
-def test_calibrate_and_predict_on_rows_far_out(tiny, tmp_path):
-    """The threshold of data holding rows far out is finite; those rows are flagged."""
+@settings(max_examples=15, deadline=None)
+@given(
+    far=st.lists(st.floats(1e5, FLOAT32_LARGEST, width=32), min_size=3, max_size=3),
+    signs=st.lists(st.sampled_from([1, -1]), min_size=3, max_size=3),
+    columns=st.lists(st.integers(0, 5), min_size=3, max_size=3),
+)
+def test_calibrate_and_predict_on_rows_far_out(tiny, tmp_path_factory, far, signs, columns):
+    """The threshold of data holding rows far out (1e5 to float32's largest, either sign,
+    any column) is finite, and those rows are the ones flagged."""
     from vae_edge.runtime.anomaly import calibrate
 
     x = tiny_rows(300)
-    x[-3:, 2] = [1e6, 1e30, FLOAT32_LARGEST]
+    for i, (value, sign, column) in enumerate(zip(far, signs, columns, strict=True)):
+        x[-3 + i, column] = sign * value
     threshold = calibrate(tiny, x, contamination=0.01)
     assert np.isfinite(threshold.value)
-    bundle = shutil.copytree(tiny.source, tmp_path / "bundle")
+    bundle = shutil.copytree(tiny.source, tmp_path_factory.mktemp("b") / "bundle")
     write_threshold(bundle, threshold)
     flags = EdgeVAE.load(bundle).predict(x)
     assert flags[-3:].all() and flags.sum() <= 6
