@@ -40,9 +40,10 @@ def main() -> None:
     scores = model.score(x, samples=0)
     order = np.argsort(-scores)
     print(f"Scored {len(x)} images: {N_NORMAL} {source}, {3 * N_EACH} corrupted.")
+    print("Scores: the model's default, -ELBO in nats per bit of the image's complexity.")
     print(f"{'rank':>4}  {'score':>9}  kind")
     for rank, i in enumerate(order, 1):
-        print(f"{rank:>4}  {scores[i]:9.1f}  {kinds[i]}")
+        print(f"{rank:>4}  {scores[i]:9.4f}  {kinds[i]}")
     top = sum(kinds[i] != "normal" for i in order[: 3 * N_EACH])
     print(f"{top} of the {3 * N_EACH} corrupted images rank in the top {3 * N_EACH}.")
     sys.exit(0)
