@@ -27,7 +27,7 @@ LIKELIHOODS = {"bernoulli": "logits", "gaussian": "mean"}  # likelihood -> decod
 # Standardised values are clipped to this many standard deviations on their way into the
 # encoder (training and runtime alike): a row 2e4 standard deviations out, or a float32's
 # largest value over a small std, drove the graphs to inf. Ordinary data stays far inside
-# (at most 76 on the 18 tabular sets); the Gaussian loss still measures the unclipped
+# (at most 184 on the 18 tabular sets); the Gaussian loss still measures the unclipped
 # distance (Gaussian.prepare), so a row further out scores higher.
 STANDARDIZED_LIMIT = 1e4
 
