@@ -45,8 +45,8 @@ TRIM = 0.25
 TABLE_SCORE = DefaultScore("iwae", 5)
 # Images (grey levels, the Bernoulli likelihood): -ELBO at z = mu per bit of the image's
 # complexity (Bernoulli.complexity_bits). One-class MNIST: better than -ELBO alone on all
-# ten digits, worst digit 0.915 -> 0.980, mean 0.969 -> 0.989; per bit of PNG size instead
-# 0.984; -L_5 alone worse than -ELBO on 7 digits (benchmarks/one_class.py, which also
+# ten digits, worst digit 0.916 -> 0.981, mean 0.970 -> 0.990; per bit of PNG size instead
+# 0.984; -L_5 alone worse than -ELBO on 8 digits (benchmarks/one_class.py, which also
 # checks it on image sets derived from MNIST). Images with a Gaussian likelihood have no
 # grey levels to count steps of and score -ELBO at z = mu.
 IMAGE_SCORE = DefaultScore("elbo", 0, complexity=True)
