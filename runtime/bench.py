@@ -14,7 +14,7 @@ from collections.abc import Callable
 import numpy as np
 
 from vae_edge.runtime.model import EdgeVAE
-from vae_edge.runtime.scoring import row_noise, scores_at_mean
+from vae_edge.runtime.scoring import LOGVAR_MAX, row_noise, scores_at_mean
 
 PERCENTILES = (50, 95, 99)
 
@@ -97,7 +97,7 @@ def default_score_jobs(model: EdgeVAE, x: np.ndarray) -> dict[str, Callable[[], 
         else:
             xp = (x.reshape(n, -1) - p._mean) / p._std
         mu, logvar = enc.run(enc_out, {enc_in: xp.astype(np.float32, copy=False)})
-        logvar = np.minimum(logvar, np.float32(30.0))
+        logvar = np.minimum(logvar, np.float32(LOGVAR_MAX))
         z = mu if draws == 0 else (mu[:, None] + np.exp(0.5 * logvar)[:, None] * eps)
         out = dec.run(dec_out, {dec_in: z.reshape(-1, k)})[0].reshape(n, max(draws, 1), -1)
         target = xp.reshape(n, 1, -1)

@@ -46,7 +46,6 @@ class Bernoulli:
         levels = preprocessing.apply(np.arange(256, dtype=np.uint8))
         self._uint8_floor = bernoulli_entropy(levels)
         self._uint8_in_range = bool(levels.min() >= 0 and levels.max() <= 1)
-        self._grey_levels = math.isclose(preprocessing.scale, 1 / 255)
 
     def prepare(self, x: np.ndarray) -> Prepared:
         """Raw samples -> encoder input and floor; values outside [0, 1] after scaling are
@@ -61,7 +60,8 @@ class Bernoulli:
             )
         if not uint8:
             return Prepared(xp, bernoulli_entropy(xp))
-        return Prepared(xp, self._uint8_floor[x], levels=x if self._grey_levels else None)
+        levels = x if self.preprocessing.grey_levels else None
+        return Prepared(xp, self._uint8_floor[x], levels=levels)
 
     def nll(self, batch: Prepared, logits: np.ndarray) -> np.ndarray:
         """BCE with logits minus the floor, per feature: softplus(l) - x * l - H(x).

@@ -61,6 +61,11 @@ class Preprocessing:
             np.clip(xp, -STANDARDIZED_LIMIT, STANDARDIZED_LIMIT, out=xp)
         return xp.reshape(np.shape(x)), clipped
 
+    @property
+    def grey_levels(self) -> bool:
+        """Grey levels 0..255 scaled by 1/255 (training.train.choose_likelihood)."""
+        return self.kind == "scale" and math.isclose(self.scale, 1 / 255)
+
     def standardized_float64(self, x: np.ndarray) -> np.ndarray:
         """(x - mean) / std in float64, unclipped: the distances a Gaussian loss measures
         for rows beyond the clip (standardize only)."""
@@ -158,9 +163,8 @@ class Manifest:
 
     @property
     def grey_levels(self) -> bool:
-        """Trained on grey levels 0..255, scaled by 1/255 (training.train.choose_likelihood)."""
-        p = self.preprocessing
-        return self.likelihood == "bernoulli" and math.isclose(p.scale, 1 / 255)
+        """A Bernoulli model trained on grey levels 0..255 (Preprocessing.grey_levels)."""
+        return self.likelihood == "bernoulli" and self.preprocessing.grey_levels
 
     @property
     def is_image(self) -> bool:

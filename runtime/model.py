@@ -60,7 +60,7 @@ class EdgeVAE:
         device: "cpu" or "cuda" (needs onnxruntime-gpu; refused loudly if CUDA is not active).
         threads: intra-op threads per session. None: one thread for graph calls of fewer
             than bundle.PARALLEL_MULTIPLY_ADDS multiply-adds (rows x weights; the shipped
-            model: 24 rows), faster there; all cores for larger ones (a second session per
+            model: 23 rows), faster there; all cores for larger ones (a second session per
             graph, made on the first such call).
         verify: check each graph's sha256 against the manifest before onnxruntime reads it.
             Turn off only while developing: a bundle is trusted because of this check.
