@@ -112,10 +112,28 @@ def cli():
     "--val-fraction", type=click.FloatRange(0, 1, max_open=True), default=0.1, show_default=True
 )
 @click.option("--normal-class", type=int, help="Train only on samples with this label.")
+@click.option("--window", help="The data is a series (CSV or .npy (T,) / (T, C)): train on "
+              "windows of this many steps, or 'auto' (the series' period, 8..256 steps, else "
+              "64).")  # fmt: skip
+@click.option("--stride", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Steps between training windows (series).")  # fmt: skip
+@click.option("--columns", help="A series' value columns, COL,... (default: every column but "
+              "the timestamp).")  # fmt: skip
+@click.option("--timestamp", help="A series' timestamp column, or 'none' (default: a "
+              "column named timestamp, time, datetime or date, else a first column of "
+              "dates).")  # fmt: skip
 @click.option("--quiet", is_flag=True, help="No progress bar or per-epoch lines.")
-def train(data, run_dir, hidden, quiet, **options):
+def train(data, run_dir, hidden, quiet, window, stride, columns, timestamp, **options):
     """Train a VAE (needs the `train` extra) and write RUN_DIR."""
     train_module = _train_extra("vae_edge.training.train")
+    if window is not None and window != "auto":
+        try:
+            window = int(window)
+        except ValueError:
+            raise click.BadParameter(f"{window!r} is not a number of steps or 'auto'",
+                                     param_hint="--window") from None  # fmt: skip
+        if window < 2:
+            raise click.BadParameter("a window has at least 2 steps", param_hint="--window")
     if hidden is not None:
         try:
             hidden = tuple(int(h) for h in hidden.split(","))
@@ -128,9 +146,15 @@ def train(data, run_dir, hidden, quiet, **options):
     options = {k: v for k, v in options.items() if v is not None}  # unset: fit's default
     if options.get("patience") == 0:
         options["patience"] = None  # fit's "never stop early"
-    config = train_module.train(data, run_dir, hidden=hidden, progress=not quiet, **options)
+    config = train_module.train(data, run_dir, hidden=hidden, progress=not quiet, window=window,
+                                stride=stride, columns=_names(columns) or None,
+                                timestamp=timestamp, **options)  # fmt: skip
     s = config.summary
     click.echo(f"wrote {run_dir} ({s['seconds']} s)")
+    if "series" in config.data:
+        spec = config.data["series"]
+        click.echo(f"windows of {spec['window']} steps x {len(spec['channels'])} channel(s) "
+                   f"({', '.join(spec['channels'])}), stride {spec['stride']}")  # fmt: skip
     for split in ("train", "val", "test"):
         if f"{split}_loss" in s:
             click.echo(
@@ -267,11 +291,19 @@ def reconstruct(model_dir, input_path, n, seed, output, device, threads):
               help="CPUs of each actor, and its onnxruntime threads.")  # fmt: skip
 @click.option("--keep", help="Columns carried into the output, e.g. an id: COL,...")
 @click.option("--columns", help="The model's features, in order: COL,... (default: every "
-              "column not kept, in file order; or one tensor column).")  # fmt: skip
+              "column not kept, in file order; or one tensor column). A windowed model: its "
+              "channels' columns (default: the names it was trained with).")  # fmt: skip
+@click.option("--timestamp", help="A windowed model: the timestamp column, or 'none' "
+              "(default: the one it was trained with, else as train finds it).")  # fmt: skip
+@click.option("--stream", is_flag=True, help="A windowed model: write and flush one line "
+              "per reading as it arrives (INPUT - reads standard input, e.g. a sensor "
+              "pipe).")  # fmt: skip
 def score(model_dir, input_path, score_type, samples, complexity, seed, batch_size, threshold,
           per_feature, output, device, threads, no_verify, engine, address, actors,
-          cpus_per_actor, keep, columns):  # fmt: skip
-    """Score INPUT (.npz/.npy/.csv/.png or a PNG folder): anomaly score per sample.
+          cpus_per_actor, keep, columns, timestamp, stream):  # fmt: skip
+    """Score INPUT (.npz/.npy/.csv/.png or a PNG folder): anomaly score per sample; with a
+    windowed model, INPUT is a series (.csv, .npy, or - for standard input) and the
+    output one row per time step.
 
     Scoring settings left out are the ones stored with the model's threshold, if it has
     one, so is_anomaly means what calibrate meant. .npy and .csv inputs are streamed in
@@ -293,14 +325,14 @@ def score(model_dir, input_path, score_type, samples, complexity, seed, batch_si
             raise click.UsageError("--engine ray scores on CPUs: use --cpus-per-actor, not "
                                    "--device or --threads")  # fmt: skip
         model = _load(model_dir, "cpu", 1, not no_verify)  # checked here, before any worker
+        if model.manifest.series is not None:
+            raise click.UsageError("--engine ray does not score windowed models (a series "
+                                   "is scored in order): use --engine local")  # fmt: skip
         settings = model.settings(score_type, samples, seed, threshold, batch_size, complexity)
         rows = _score_on_ray(input_path, output, model_dir, settings, per_feature, address,
                              actors, cpus_per_actor, _names(keep), _names(columns))  # fmt: skip
         click.echo(f"wrote {output} ({rows} rows)", err=True)
         return
-    given = [name for name, value in ray_only.items() if value]
-    if given:
-        raise click.UsageError(f"{given[0]} needs --engine ray")
     suffix = _suffix(output, SCORE_FORMATS) if output else ".csv"
     if per_feature and suffix == ".npy":
         raise click.BadParameter("--per-feature needs .csv or .jsonl output", param_hint="-o")
@@ -308,6 +340,21 @@ def score(model_dir, input_path, score_type, samples, complexity, seed, batch_si
         check_writable(output)
     model = _load(model_dir, device, threads, not no_verify)
     settings = model.settings(score_type, samples, seed, threshold, batch_size, complexity)
+    if model.manifest.series is not None:
+        if stream and output is not None:
+            raise click.UsageError("--stream writes to standard output: leave out -o")
+        given = [name for name, value in ray_only.items() if value and name != "--columns"]
+        if given:
+            raise click.UsageError(f"{given[0]} needs --engine ray")
+        _score_series(model, input_path, settings, per_feature, output, _names(columns) or None,
+                      timestamp, stream)  # fmt: skip
+        return
+    given = [name for name, value in ray_only.items() if value]
+    if given:
+        raise click.UsageError(f"{given[0]} needs --engine ray")
+    if stream or timestamp:
+        raise click.UsageError(f"{'--stream' if stream else '--timestamp'} is for windowed "
+                               "models (trained with --window)")  # fmt: skip
     try:
         total, chunks = stream_input(input_path, rows=max(batch_size, 4096))
         batches = model.score_batches(chunks, settings, per_feature)
@@ -318,6 +365,75 @@ def score(model_dir, input_path, score_type, samples, complexity, seed, batch_si
         if not message.startswith(str(input_path)):
             raise InputError(f"{input_path}: {message}") from None
         raise
+
+
+def _score_series(model, input_path, settings, per_feature, output, columns, timestamp,
+                  stream) -> None:  # fmt: skip
+    """A windowed model's scores, one row per step, read and written piece by piece: memory
+    stays that of one piece and the window, however long the series."""
+    import itertools
+
+    import numpy as np
+
+    from vae_edge.runtime.errors import InputError
+    from vae_edge.runtime.output import write_scores
+    from vae_edge.runtime.series import MOST_MISSING, SeriesReader
+
+    spec = model.manifest.series
+    where = "standard input" if str(input_path) == "-" else str(input_path)
+    if where != "standard input" and input_path.suffix.lower() == ".npy":
+        from vae_edge.runtime.series import read_series
+
+        values = read_series(input_path, columns, timestamp, model=spec).values
+        pieces = iter([(values, None)])
+    else:
+        lines = _series_lines(input_path, where)
+        first = next(lines, None)
+        if first is None or not first.strip():
+            raise click.ClickException(f"{where}: no readings")
+        reader, header = SeriesReader.for_header(where, first, columns, timestamp,
+                                                 spec.step_seconds, model=spec)  # fmt: skip
+        rest = lines if header else itertools.chain([first], lines)
+        chunks = _chunked(rest, 1 if stream else 4096, first_line_no=1 + header)
+        pieces = (reader.parse(chunk, line_no) for line_no, chunk in chunks)
+    scorer = model.stream(settings.score_type, settings.samples, settings.seed,
+                          settings.threshold, per_feature)  # fmt: skip
+    missing = [0, 0]
+
+    def batches():
+        for values, times in pieces:
+            missing[0] += int(np.isnan(values).any(axis=1).sum())
+            missing[1] += len(values)
+            batch = scorer.push(values, times)
+            if batch is not None:
+                yield batch
+        if scorer.steps < spec.window:
+            raise InputError(f"{where}: {scorer.steps} steps, fewer than the model's window "
+                             f"({spec.window})")  # fmt: skip
+        if output is not None and missing[0] > MOST_MISSING * missing[1]:
+            raise InputError(f"{where}: {missing[0] / missing[1]:.0%} of the steps are "
+                             f"missing; at most {MOST_MISSING:.0%} may be")  # fmt: skip
+
+    write_scores(batches(), output, sys.stdout, feature_names=spec.channels, flush=stream)
+
+
+def _series_lines(input_path, where):
+    if where == "standard input":
+        return iter(sys.stdin.readline, "")
+    try:
+        f = open(input_path, encoding="utf-8-sig")  # noqa: SIM115 (closed with the process)
+    except FileNotFoundError:
+        raise click.ClickException(f"{input_path}: no such file") from None
+    return iter(f)
+
+
+def _chunked(lines, size: int, first_line_no: int):
+    """(number of the first line, lines) for each run of `size` lines."""
+    import itertools
+
+    while chunk := list(itertools.islice(lines, size)):
+        yield first_line_no, chunk
+        first_line_no += len(chunk)
 
 
 def _names(text: str | None) -> list[str]:
@@ -396,12 +512,11 @@ def calibrate(model_dir, data_path, quantile, contamination, score_type, samples
               seed):  # fmt: skip
     """Set the model's anomaly threshold from data; stored in its vae.json."""
     from vae_edge.runtime import anomaly
-    from vae_edge.runtime.data import read_input
 
     if quantile is not None and contamination is not None:
         raise click.UsageError("give --quantile or --contamination, not both")
     model = _load(model_dir, "cpu", None)
-    t = anomaly.calibrate(model, read_input(data_path), quantile, contamination,
+    t = anomaly.calibrate(model, _samples_for(model, data_path), quantile, contamination,
                           score_type, samples, seed, complexity)  # fmt: skip
     anomaly.write_threshold(model_dir, t)
     per_bit = " per complexity bit" if t.complexity else ""
@@ -419,7 +534,10 @@ def calibrate(model_dir, data_path, quantile, contamination, score_type, samples
 @click.option("--iwae-k", type=click.IntRange(min=1), default=1000, show_default=True,
               help="Draws k for the importance-weighted bound -L_k.")  # fmt: skip
 @seed_option
-def evaluate(model_dir, data_path, json_path, iwae_k, seed):
+@click.option("--labels", "label_column", default="label", show_default=True,
+              help="A windowed model's CSV: its column of labels per step (1 = "
+                   "anomaly).")  # fmt: skip
+def evaluate(model_dir, data_path, json_path, iwae_k, seed, label_column):
     """Likelihood figures (-ELBO, -L_k, active units) and, with 0/1 labels, AUROC, AUPRC and
     precision/recall/F1 at the model's threshold."""
     import numpy as np
@@ -429,12 +547,27 @@ def evaluate(model_dir, data_path, json_path, iwae_k, seed):
 
     if json_path is not None:
         check_writable(json_path)
-    data = read_data(data_path)
-    x, y = (data.x_test, data.y_test) if data.x_test is not None else (data.x, data.y)
     model = _load(model_dir, "cpu", None)
-    with _progress(len(x), f"-L_k, k = {iwae_k}") as bar:
-        result = anomaly.likelihood_figures(model, x, k=iwae_k, seed=seed, on_batch=bar.update)
-    if y is not None and np.isin(y, (0, 1)).all():
+    spec = model.manifest.series
+    if spec is not None and data_path.suffix.lower() == ".csv":
+        from vae_edge.runtime.series import read_series
+
+        x = read_series(data_path, model=spec).values
+        y = read_series(data_path, [label_column], spec.timestamp, model=None).values[:, 0]
+    else:
+        data = read_data(data_path)
+        x, y = (data.x_test, data.y_test) if data.x_test is not None else (data.x, data.y)
+    samples = x
+    if spec is not None:  # the likelihood figures of the series' windows, side by side
+        from vae_edge.runtime.series import sliding_windows
+
+        samples = sliding_windows(np.asarray(x, np.float64).reshape(len(x), -1), spec.window,
+                                  spec.window)  # fmt: skip
+    with _progress(len(samples), f"-L_k, k = {iwae_k}") as bar:
+        result = anomaly.likelihood_figures(model, samples, k=iwae_k, seed=seed,
+                                            on_batch=bar.update)  # fmt: skip
+    labelled = y[~np.isnan(y)] if y is not None and y.dtype.kind == "f" else y
+    if y is not None and np.isin(labelled, (0, 1)).all():
         result |= anomaly.evaluate(model, x, y)
     elif y is not None:
         click.echo("note: labels are not 0/1 (1 = anomaly): no anomaly metrics", err=True)
@@ -530,6 +663,7 @@ def info(model_dir, verify):
         f"preprocessing {m.preprocessing.kind}",
         f"likelihood    {m.likelihood} (decoder emits {m.decoder_output})",
         f"latent_dim    {m.latent_dim}",
+        *([_series_line(m.series)] if m.series else []),
         *(f"{g.file:<13} sha256 {g.sha256}, {_ir_and_opset(g)}" for g in (m.encoder, m.decoder)),
         f"exporter      {m.exporter}",
         "parity        "
@@ -553,10 +687,30 @@ def info(model_dir, verify):
     click.echo("\n".join(lines))
 
 
+def _series_line(spec) -> str:
+    stamps = (f", timestamps {spec.timestamp!r} every {spec.step_seconds} s"
+              if spec.timestamp else ", no timestamps")  # fmt: skip
+    return (f"series        windows of {spec.window} steps x {len(spec.channels)} channel(s) "
+            f"({', '.join(spec.channels)}), trained every {spec.stride}{stamps}; a step "
+            f"scores as its {spec.step_score.replace('_', ' ')}")  # fmt: skip
+
+
 def _how(score) -> str:
     """A DefaultScore's or Threshold's way of scoring, in words."""
     per_bit = ", per complexity bit" if score.complexity else ""
     return f"{score.score_type}, samples {score.samples}{per_bit}"
+
+
+def _samples_for(model, path):
+    """The samples in `path` as `model` reads them: a windowed model's series (its
+    channels, missing steps put back), else read_input's array."""
+    if model.manifest.series is None:
+        from vae_edge.runtime.data import read_input
+
+        return read_input(path)
+    from vae_edge.runtime.series import read_series
+
+    return read_series(path, model=model.manifest.series).values
 
 
 def _ir_and_opset(graph) -> str:

@@ -138,10 +138,11 @@ def _build(vae: VAE, config: RunConfig, folder: Path) -> Manifest:
             "options": config.training,
             "summary": config.summary,
         },
-        "default_score": asdict(default_score(shape, m.likelihood)),
+        "default_score": asdict(default_score(shape, m.likelihood, "series" in config.data)),
         "threshold": None,
         "observation_logvar": _observation_logvar(vae),
         "binary": bool(config.data.get("binary", False)),
+        "series": config.data.get("series"),
     }
     # The gate at the exporter's opset, then again at the lowered one: a converter bug
     # shows as a parity failure of the lowered graphs, not as wrong scores on a device.

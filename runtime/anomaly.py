@@ -81,10 +81,12 @@ def evaluate(model: EdgeVAE, x, y, threshold: float | None = None, **score_optio
     y = np.asarray(y)
     if y.ndim != 1 or len(y) != len(np.asarray(x)):
         raise InputError(f"labels have shape {y.shape}; one label per sample is needed")
-    if not np.isin(y, (0, 1)).all():
+    # A series' steps without a label (NaN: e.g. put back from a gap) are left out.
+    labelled = ~np.isnan(y) if y.dtype.kind == "f" else np.ones(len(y), bool)
+    if not np.isin(y[labelled], (0, 1)).all():
         raise InputError("labels must be 0 (normal) or 1 (anomaly)")
-    scores = model.score(x, **score_options)
-    y = y.astype(bool)
+    scores = model.score(x, **score_options)[labelled]
+    y = y[labelled].astype(bool)
     result = {
         "n": int(len(y)),
         "n_anomalies": int(y.sum()),

@@ -28,6 +28,7 @@ class Prepared(NamedTuple):
     floor: np.ndarray | None
     target: np.ndarray | None = None
     levels: np.ndarray | None = None  # uint8 grey levels as given, for complexity_bits
+    missing: np.ndarray | None = None  # bool, a series' missing readings (left out of the loss)
 
     def with_draws_axis(self) -> Prepared:
         """The same batch with an axis of length 1 after the rows, to meet L draws."""
@@ -136,11 +137,18 @@ class Gaussian:
             self._precision = np.exp(-self.logvar)
 
     def prepare(self, x: np.ndarray) -> Prepared:
+        """A series' missing readings (NaN) enter the encoder at the channel's mean (0) and
+        are left out of the loss, as Donut's modified ELBO does."""
         xp, clipped = self.preprocessing.apply_and_clip(x)
         xp = np.ascontiguousarray(xp, dtype=np.float32)
-        if clipped:
-            return Prepared(xp, None, self.preprocessing.standardized_float64(x))
-        return Prepared(xp, None)
+        target = self.preprocessing.standardized_float64(x) if clipped else None
+        missing = None
+        if x.dtype.kind == "f" and np.isnan(xp).any():
+            missing = np.isnan(xp)
+            xp[missing] = 0
+            if target is not None:
+                target[missing] = 0
+        return Prepared(xp, None, target, missing=missing)
 
     def nll(self, batch: Prepared, means: np.ndarray) -> np.ndarray:
         """0.5 (x - mean)^2 / variance per feature: -log p(x|z) less its floor. float64
@@ -154,6 +162,8 @@ class Gaussian:
         if self.logvar is not None:
             t *= self._precision
         t *= 0.5
+        if batch.missing is not None:
+            np.copyto(t, 0, where=np.broadcast_to(batch.missing, t.shape))
         return t
 
     def floor(self, batch: Prepared) -> np.ndarray:

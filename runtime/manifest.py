@@ -18,6 +18,7 @@ import numpy as np
 
 from vae_edge.runtime.errors import BundleError
 from vae_edge.runtime.scoring import DEFAULT_SCORE_TYPE, SCORE_TYPES
+from vae_edge.runtime.series import STEP_RULES
 
 FORMAT_VERSION = 1
 MANIFEST_FILE = "vae.json"
@@ -35,7 +36,8 @@ STANDARDIZED_LIMIT = 1e4
 @dataclass(frozen=True)
 class Preprocessing:
     """How raw input maps to the encoder's input: x * scale, or (x - mean) / std per feature
-    (clipped to +-STANDARDIZED_LIMIT)."""
+    (clipped to +-STANDARDIZED_LIMIT). A windowed model's mean and std are per channel: the
+    last axis of its samples (W, C)."""
 
     kind: str  # "scale" | "standardize"
     scale: float | None = None
@@ -52,11 +54,15 @@ class Preprocessing:
             return np.asarray(x, np.float32) * np.float32(self.scale), False
         # float64 beyond float32's range becomes inf, then is clipped like any far value
         with np.errstate(over="ignore", invalid="ignore"):
-            xp = (np.asarray(x, np.float32).reshape(len(x), -1) - self._mean) / self._std
+            xp = (self._grouped(np.asarray(x, np.float32)) - self._mean) / self._std
         # In place, and only where needed: a pass that changes nothing costs a third of it.
         clipped = bool(xp.size) and not (
             -STANDARDIZED_LIMIT < xp.min() and xp.max() < STANDARDIZED_LIMIT
         )
+        if clipped and np.isnan(xp).any():  # missing readings of a series, not clipped
+            clipped = not (
+                -STANDARDIZED_LIMIT < np.nanmin(xp) <= np.nanmax(xp) < STANDARDIZED_LIMIT
+            )
         if clipped:
             np.clip(xp, -STANDARDIZED_LIMIT, STANDARDIZED_LIMIT, out=xp)
         return xp.reshape(np.shape(x)), clipped
@@ -69,16 +75,19 @@ class Preprocessing:
     def standardized_float64(self, x: np.ndarray) -> np.ndarray:
         """(x - mean) / std in float64, unclipped: the distances a Gaussian loss measures
         for rows beyond the clip (standardize only)."""
-        flat = np.asarray(x, np.float64).reshape(len(x), -1)
+        grouped = self._grouped(np.asarray(x, np.float64))
         with np.errstate(over="ignore"):  # beyond float64: inf, a loss saturated later
-            return ((flat - np.asarray(self.mean)) / np.asarray(self.std)).reshape(x.shape)
+            return ((grouped - np.asarray(self.mean)) / np.asarray(self.std)).reshape(x.shape)
 
     def invert(self, xp: np.ndarray) -> np.ndarray:
         """The encoder's units -> raw units."""
         if self.kind == "scale":
             return (xp / np.float32(self.scale)).astype(np.float32)
-        flat = xp.reshape(len(xp), -1)
-        return (flat * self._std + self._mean).reshape(xp.shape).astype(np.float32)
+        return (self._grouped(xp) * self._std + self._mean).reshape(xp.shape).astype(np.float32)
+
+    def _grouped(self, x: np.ndarray) -> np.ndarray:
+        """x (N, ...) as (N, -1, len(mean)): one mean and std per feature, or per channel."""
+        return x.reshape(len(x), -1, len(self.mean))
 
     @cached_property
     def _mean(self) -> np.ndarray:
@@ -128,6 +137,23 @@ class Threshold:
 
 
 @dataclass(frozen=True)
+class SeriesSpec:
+    """A windowed model's series. Its samples (input_shape) are windows (window, C) of
+    consecutive steps of the channels, in this order; stride: the step between training
+    windows (scoring takes every window). step_score: how a step's score is made from its
+    windows (series.STEP_RULES). timestamp: the CSV column the timestamps came from and
+    step_seconds the step they had (gaps of whole steps are put back as missing steps);
+    None for a series without timestamps."""
+
+    window: int
+    stride: int
+    channels: list[str]
+    step_score: str = STEP_RULES[0]
+    timestamp: str | None = None
+    step_seconds: int | None = None
+
+
+@dataclass(frozen=True)
 class Manifest:
     input_shape: tuple[int, ...]  # one sample, without the batch dimension
     data_dtype: str  # dtype of the training data as read (e.g. uint8), for information
@@ -146,6 +172,7 @@ class Manifest:
     format_version: int = FORMAT_VERSION
     input_dtype: str = "float32"  # what the encoder graph takes, after preprocessing
     binary: bool = False  # trained on 0/1 data (Bernoulli on x itself); absent = false
+    series: SeriesSpec | None = None  # a windowed model's series; absent = not windowed
 
     @property
     def decoder_output(self) -> str:
@@ -159,7 +186,7 @@ class Manifest:
     def has_complexity(self) -> bool:
         """Samples with a complexity (ScoreSettings.complexity): images whose values are
         grey levels in [0, 1], the Bernoulli likelihood's."""
-        return is_image_shape(self.input_shape) and self.likelihood == "bernoulli"
+        return self.is_image_like and self.likelihood == "bernoulli"
 
     @property
     def grey_levels(self) -> bool:
@@ -172,7 +199,12 @@ class Manifest:
         channels."""
         shape = self.input_shape
         channels = len(shape) == 2 or shape[0] in (1, 3) or shape[-1] in (1, 3)
-        return is_image_shape(shape) and channels
+        return self.is_image_like and channels
+
+    @property
+    def is_image_like(self) -> bool:
+        """Samples of two or three axes that are not a series' windows."""
+        return is_image_shape(self.input_shape) and self.series is None
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -205,12 +237,15 @@ class Manifest:
         )
         latent_dim = _get(d, "latent_dim", int)
         _check(latent_dim > 0, "latent_dim must be positive")
+        series = _series(d.get("series"), shape)
         manifest = cls(
             format_version=version,
             input_shape=tuple(shape),
             input_dtype="float32",
             data_dtype=_get(d, "data_dtype", str),
-            preprocessing=_preprocessing(_get(d, "preprocessing", dict), math.prod(shape)),
+            preprocessing=_preprocessing(
+                _get(d, "preprocessing", dict), shape[-1] if series else math.prod(shape)
+            ),
             likelihood=likelihood,
             latent_dim=latent_dim,
             encoder=_graph(_get(d, "encoder", dict), "encoder"),
@@ -223,6 +258,7 @@ class Manifest:
             threshold=_threshold(d.get("threshold")),
             observation_logvar=_observation_logvar(d.get("observation_logvar"), math.prod(shape)),
             binary=d.get("binary", False),
+            series=series,
         )
         _check(isinstance(manifest.binary, bool), "binary must be true or false")
         _check(
@@ -304,6 +340,29 @@ def _preprocessing(d: dict, n_features: int) -> Preprocessing:
         _check(all(s > 0 for s in std), "preprocessing.std must be positive")
         return Preprocessing(kind="standardize", mean=_numbers(d, "mean", n_features), std=std)
     raise BundleError(f"invalid manifest: unknown preprocessing kind {kind!r}")
+
+
+def _series(d: Any, shape: list[int]) -> SeriesSpec | None:
+    if d is None:
+        return None
+    _check(isinstance(d, dict), "series must be an object or null")
+    window, stride = _get(d, "window", int, "series"), _get(d, "stride", int, "series")
+    channels = _get(d, "channels", list, "series")
+    _check(window > 0 and stride > 0, "series.window and series.stride must be positive")
+    _check(
+        len(channels) > 0 and all(isinstance(c, str) for c in channels),
+        "series.channels must be a list of names",
+    )
+    _check(
+        shape == [window, len(channels)],
+        f"input_shape must be [window, channels] = [{window}, {len(channels)}] for a series",
+    )
+    rule = d.get("step_score", STEP_RULES[0])
+    _check(rule in STEP_RULES, f"unknown series.step_score {rule!r} (known: {STEP_RULES})")
+    timestamp, step = d.get("timestamp"), d.get("step_seconds")
+    _check(timestamp is None or isinstance(timestamp, str), "series.timestamp: a name or null")
+    _check(step is None or (_is_int(step) and step > 0), "series.step_seconds: positive or null")
+    return SeriesSpec(window, stride, list(channels), rule, timestamp, step)
 
 
 def _graph(d: dict, name: str) -> Graph:

@@ -33,6 +33,7 @@ from vae_edge.runtime.scoring import (
     scores_at_mean,
     scores_over_draws,
 )
+from vae_edge.runtime.series import StepScorer
 
 __all__ = ["EdgeVAE", "ScoreSettings", "ScoredBatch", "default_model_dir", "verify_bundle"]
 
@@ -168,6 +169,8 @@ class EdgeVAE:
         complexity, add nll_floor(x) to get the training loss's own units.
         """
         settings = self._settings(score_type, samples, seed, None, None, complexity, flags=False)
+        if self._is_series(x):
+            return self._steps(x, settings).scores
         x = self._as_samples(x)
         if 0 < len(x) <= settings.rows_per_batch:  # one batch: no generators (batch 1's cost)
             return self._score_batch(x, 0, settings, per_feature=False).scores
@@ -179,6 +182,8 @@ class EdgeVAE:
         sample anomalous. Sums over features to score(..., score_type="recon",
         complexity=False)."""
         settings = self._settings("recon", samples, seed, None, None, False, flags=False)
+        if self._is_series(x):
+            return self._steps(x, settings, per_feature=True).feature_losses
         parts = [b.feature_losses for b in self.score_batches([x], settings, per_feature=True)]
         return parts[0] if len(parts) == 1 else np.concatenate([self._empty(), *parts])
 
@@ -188,6 +193,8 @@ class EdgeVAE:
         settings = self.settings(threshold=threshold)
         if settings.threshold is None:
             raise BundleError(f"{self.source}: the model has no threshold; predict needs one")
+        if self._is_series(x):
+            return self._steps(x, settings).is_anomaly
         parts = [b.is_anomaly for b in self.score_batches([x], settings)]
         return np.concatenate([np.zeros(0, bool), *parts])
 
@@ -213,6 +220,36 @@ class EdgeVAE:
             empty = self._empty() if per_feature else np.zeros(0, np.float32)
             yield parts[0] if len(parts) == 1 else np.concatenate([empty, *parts])
             start += len(x)
+
+    # -- series ----------------------------------------------------------------------------
+
+    def stream(
+        self,
+        score_type: str | None = None,
+        samples: int | None = None,
+        seed: int | None = None,
+        threshold: float | None = None,
+        per_feature: bool = False,
+    ) -> StepScorer:
+        """A windowed model's scorer of a stream: feed readings with .push(readings), one
+        or many at a time, and get each step's score as soon as it is defined (see
+        series.StepScorer). Settings as for score(); flags with the model's threshold."""
+        settings = self.settings(score_type, samples, seed, threshold)
+        return StepScorer(self, settings, per_feature)
+
+    def _is_series(self, x) -> bool:
+        """A windowed model's input is a series, (T,) or (T, C): scored per step; an
+        array of its windows (N, W, C) is scored per window, as any model's samples."""
+        return self.manifest.series is not None and np.ndim(x) < 3
+
+    def _steps(self, x, settings: ScoreSettings, per_feature: bool = False) -> ScoredBatch:
+        """A windowed model's scores of a whole series x (T,) or (T, C): one per step."""
+        x = _as_array(x, "series")
+        batch = StepScorer(self, settings, per_feature).push(x)
+        if batch is None:
+            raise InputError(f"the series has {len(x)} steps, fewer than the model's window "
+                             f"({self.manifest.series.window})")  # fmt: skip
+        return batch
 
     def _chunk_batches(self, x, start: int, settings: ScoreSettings, per_feature: bool):
         rows = settings.rows_per_batch
@@ -326,7 +363,7 @@ class EdgeVAE:
     def _prepare(self, x: np.ndarray, start: int) -> Prepared:
         """Check values (finite) and hand rows to the likelihood; `start` is the index of
         x[0] in the whole input, for the error message."""
-        _require_finite(x, "input", start)
+        _require_finite(x, "input", start, missing=self.manifest.series is not None)
         if self.manifest.grey_levels and start == 0 and x.size and 0 < x.max() <= 1:
             # e.g. MNIST as floats in [0, 1] given to a model trained on grey levels 0..255:
             # valid numbers, but scored as near-black images.
@@ -378,10 +415,15 @@ def _as_array(x, name: str) -> np.ndarray:
     return x
 
 
-def _require_finite(x: np.ndarray, name: str, offset: int = 0) -> None:
-    if x.dtype.kind == "f" and not np.isfinite(x).all():
-        first = np.argwhere(~np.isfinite(x))[0]
+def _require_finite(x: np.ndarray, name: str, offset: int = 0, missing: bool = False) -> None:
+    """Refuse NaN and infinite values; with `missing` (a series), NaN marks a missing
+    reading and only infinite values are refused."""
+    if x.dtype.kind == "f" and not (np.isinf(x) if missing else ~np.isfinite(x)).any():
+        return
+    if x.dtype.kind == "f":
+        first = np.argwhere(np.isinf(x) if missing else ~np.isfinite(x))[0]
         where = f"sample {offset + int(first[0])}"
         if len(first) > 1:
             where += f", feature {tuple(int(i) for i in first[1:])}"
-        raise InputError(f"{name} has NaN or infinite values (first in {where})")
+        what = "infinite" if missing else "NaN or infinite"
+        raise InputError(f"{name} has {what} values (first in {where})")

@@ -1,9 +1,10 @@
 """Scores written as they come, batch by batch: CSV, JSONL or .npy, to a file (atomically:
 a temporary file beside it, renamed at the end) or CSV to a text stream.
 
-CSV columns: index, score, is_anomaly (0/1, when there is a threshold), feature_0 ...
-(per-feature losses, when asked). JSONL: one object per row with the same fields,
-"features" a list. .npy: the scores alone, float32 (N,).
+CSV columns: index, timestamp (a series' steps, when the input has them), score,
+is_anomaly (0/1, when there is a threshold), feature_0 ... (per-feature losses, when
+asked; a series' are per channel, feature_<channel name>). JSONL: one object per row with
+the same fields, "features" a list. .npy: the scores alone, float32 (N,).
 """
 
 from __future__ import annotations
@@ -23,11 +24,14 @@ SCORE_FORMATS = (".csv", ".npy", ".jsonl")
 NPY_HEADER_BYTES = 128  # room for any (N,) float32 header; rewritten once N is known
 
 
-def write_scores(batches: Iterable[ScoredBatch], output: str | Path | None, stream: IO = None):
+def write_scores(batches: Iterable[ScoredBatch], output: str | Path | None, stream: IO = None,
+                 feature_names: list[str] | None = None, flush: bool = False):  # fmt: skip
     """Write every batch to `output` (its suffix picks the format) or, with output None, as
-    CSV to `stream`. Returns the number of rows. No rows: InputError, and no file."""
+    CSV to `stream` (flushed after each batch with `flush`: a live stream). feature_names:
+    the CSV's per-feature columns (default feature_0 ...). Returns the number of rows. No
+    rows: InputError, and no file."""
     if output is None:
-        return _write_text(batches, stream, _csv_rows)
+        return _write_text(batches, stream, _csv_rows, feature_names, flush)
     output = Path(output)
     suffix = output.suffix.lower()
     if suffix not in SCORE_FORMATS:
@@ -37,32 +41,42 @@ def write_scores(batches: Iterable[ScoredBatch], output: str | Path | None, stre
             with open(tmp, "wb") as f:
                 return _write_npy(batches, f)
         with open(tmp, "w", encoding="utf-8", newline="\n") as f:
-            return _write_text(batches, f, _csv_rows if suffix == ".csv" else _jsonl_rows)
+            rows = _csv_rows if suffix == ".csv" else _jsonl_rows
+            return _write_text(batches, f, rows, feature_names)
 
 
-def _write_text(batches, f: IO, rows) -> int:
+def _write_text(batches, f: IO, rows, feature_names=None, flush: bool = False) -> int:
     count = 0
     for batch in batches:
         if count == 0 and rows is _csv_rows:
-            f.write(_csv_header(batch))
+            f.write(_csv_header(batch, feature_names))
         f.write(rows(batch))
+        if flush:
+            f.flush()
         count += len(batch.scores)
     return _nonzero(count)
 
 
-def _csv_header(batch: ScoredBatch) -> str:
-    header = "index,score" + (",is_anomaly" if batch.is_anomaly is not None else "")
+def _csv_header(batch: ScoredBatch, feature_names=None) -> str:
+    header = "index" + (",timestamp" if batch.timestamps is not None else "") + ",score"
+    header += ",is_anomaly" if batch.is_anomaly is not None else ""
     if batch.feature_losses is not None:
         n_features = batch.feature_losses[0].size if len(batch.scores) else 0
-        header += "".join(f",feature_{j}" for j in range(n_features))
+        names = feature_names or [str(j) for j in range(n_features)]
+        header += "".join(f",feature_{name}" for name in names)
     return header + "\n"
 
 
 def _columns(batch: ScoredBatch) -> tuple[list, str]:
     """The batch's columns as Python lists, and a %-format for one row of them."""
     n = len(batch.scores)
-    columns = [range(batch.start, batch.start + n), batch.scores.tolist()]
-    fmt = "%d,%.9g"
+    columns = [range(batch.start, batch.start + n)]
+    fmt = "%d"
+    if batch.timestamps is not None:
+        columns.append(np.datetime_as_string(batch.timestamps).tolist())
+        fmt += ",%s"
+    columns.append(batch.scores.tolist())
+    fmt += ",%.9g"
     if batch.is_anomaly is not None:
         columns.append(batch.is_anomaly.tolist())
         fmt += ",%d"
@@ -84,9 +98,14 @@ def _jsonl_rows(batch: ScoredBatch) -> str:
     features = None
     if batch.feature_losses is not None:
         features = batch.feature_losses.reshape(n, -1).tolist()
+    stamps = None
+    if batch.timestamps is not None:
+        stamps = np.datetime_as_string(batch.timestamps).tolist()
     lines = []
     for i, score in enumerate(batch.scores.tolist()):
         row = {"index": batch.start + i, "score": score}
+        if stamps is not None:
+            row = {"index": batch.start + i, "timestamp": stamps[i], "score": score}
         if flags is not None:
             row["is_anomaly"] = flags[i]
         if features is not None:

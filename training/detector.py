@@ -26,7 +26,9 @@ class VAEDetector:
     None = chosen from the data; score_type, samples and complexity None = the bundle's
     default_score (tables: iwae over 5 draws; images: -ELBO per bit of complexity).
     bundle_dir: where the exported bundle is kept (default: a temporary directory that
-    lives as long as the detector)."""
+    lives as long as the detector). window (steps, or "auto") and stride: X is a series
+    (T,) or (T, C), NaN = missing, the model a windowed one, and every score, label and
+    prediction is one per time step."""
 
     def __init__(
         self,
@@ -46,6 +48,8 @@ class VAEDetector:
         complexity: bool | None = None,
         seed: int = 0,
         bundle_dir: str | Path | None = None,
+        window: int | str | None = None,
+        stride: int = 1,
     ):
         self.contamination = contamination
         self.epochs = epochs
@@ -62,6 +66,8 @@ class VAEDetector:
         self.complexity = complexity
         self.seed = seed
         self.bundle_dir = bundle_dir
+        self.window = window
+        self.stride = stride
 
     def fit(self, X, y=None) -> VAEDetector:
         """Train, export and calibrate on X (N, ...); y is ignored (unsupervised)."""
@@ -74,7 +80,8 @@ class VAEDetector:
         self._workspace = tempfile.TemporaryDirectory(prefix="vae-edge-detector-")
         work = Path(self._workspace.name)
         np.save(work / "train.npy", X)
-        train(str(work / "train.npy"), work / "run", options, progress=False)
+        train(str(work / "train.npy"), work / "run", options, progress=False,
+              window=self.window, stride=self.stride)  # fmt: skip
         bundle = Path(self.bundle_dir) if self.bundle_dir is not None else work / "bundle"
         export_run(work / "run", bundle, force=True)
         model = EdgeVAE.load(bundle)

@@ -90,8 +90,9 @@ class VAE(nn.Module):
             return None
         return self.obs_logvar.clamp(min=MIN_OBS_LOGVAR)
 
-    def reconstruction_nll(self, x, params):
-        """-log p(x|z) per sample, summed over features (nats), for decoder output params."""
+    def reconstruction_nll(self, x, params, present=None):
+        """-log p(x|z) per sample, summed over features (nats), for decoder output params;
+        with `present` (a series' mask, False at missing readings), over those present."""
         logvar = self.observation_logvar()
         if self.likelihood == "bernoulli":
             elementwise = F.binary_cross_entropy_with_logits(params, x, reduction="none")
@@ -99,6 +100,8 @@ class VAE(nn.Module):
             elementwise = 0.5 * (x - params) ** 2 + HALF_LOG_2PI
         else:
             elementwise = 0.5 * ((x - params) ** 2 * torch.exp(-logvar) + logvar) + HALF_LOG_2PI
+        if present is not None:
+            elementwise = elementwise * present
         return elementwise.flatten(1).sum(1)
 
     def nll_floor(self, x):

@@ -19,9 +19,10 @@ import click
 import numpy as np
 import torch
 
+from vae_edge.runtime import series as series_io
 from vae_edge.runtime.data import atomic_output, read_data
 from vae_edge.runtime.errors import InputError
-from vae_edge.runtime.manifest import DefaultScore, Preprocessing, is_image_shape
+from vae_edge.runtime.manifest import DefaultScore, Preprocessing, SeriesSpec, is_image_shape
 from vae_edge.training.model import ARCHS, VAE, image_channels, kl_divergence
 
 RUN_FORMAT = "vae-edge-run/1"
@@ -58,11 +59,22 @@ RELATIVE_STD_FLOOR = 1e-5
 MIN_STEPS_IMAGES = 10_000
 
 
-def default_architecture(input_shape: tuple[int, ...], arch: str = "mlp"):
+# A series' windows (W, C): an MLP over the flattened window (SERIES_HIDDEN, SERIES_LATENT),
+# chosen by wins over the NAB series (benchmarks/series.py); a window of 256 steps keeps
+# the bundle near 300 kB.
+SERIES_HIDDEN = (128,)
+SERIES_LATENT = 8
+SERIES_SCORE = DefaultScore("elbo", 0)
+
+
+def default_architecture(input_shape: tuple[int, ...], arch: str = "mlp", series: bool = False):
     """(hidden sizes, latent size) for samples of `input_shape`: images (H, W) or (C, H, W)
     get (512, 256) and 32 latents with the MLP, (256,) and 32 with the conv net; tables
-    with n features get (400,) and 20 from 100 features on, else (max(64, 2n),), n // 2."""
+    with n features get (400,) and 20 from 100 features on, else (max(64, 2n),), n // 2;
+    a series' windows SERIES_HIDDEN and SERIES_LATENT."""
     n_features = math.prod(input_shape)
+    if series:
+        return SERIES_HIDDEN, SERIES_LATENT
     if arch == "conv":
         return (256,), 32
     if is_image_shape(input_shape):
@@ -72,9 +84,11 @@ def default_architecture(input_shape: tuple[int, ...], arch: str = "mlp"):
     return (max(64, 2 * n_features),), max(2, min(20, n_features // 2))
 
 
-def default_score(input_shape: tuple[int, ...], likelihood: str) -> DefaultScore:
+def default_score(input_shape: tuple[int, ...], likelihood: str, series: bool = False):
     """The score a bundle for samples of `input_shape` uses by default (its manifest's
     default_score)."""
+    if series:
+        return SERIES_SCORE
     if not is_image_shape(input_shape):
         return TABLE_SCORE
     return IMAGE_SCORE if likelihood == "bernoulli" else DefaultScore()
@@ -116,6 +130,15 @@ def choose_likelihood(x: np.ndarray, likelihood: str | None = None) -> tuple[str
     return likelihood, Preprocessing(kind="standardize", mean=mean.tolist(), std=std.tolist())
 
 
+def series_preprocessing(windows: np.ndarray) -> Preprocessing:
+    """Standardisation per channel (the last axis of windows (N, W, C)), missing readings
+    left out, std floored as for tables (choose_likelihood)."""
+    flat = windows.reshape(-1, windows.shape[-1]).astype(np.float64)
+    mean, std = np.nanmean(flat, axis=0), np.nanstd(flat, axis=0)
+    std = np.where(std > 0, np.maximum(std, RELATIVE_STD_FLOOR * np.abs(mean)), 1.0)
+    return Preprocessing(kind="standardize", mean=mean.tolist(), std=std.tolist())
+
+
 def is_binary(x: np.ndarray) -> bool:
     """Every value 0 or 1 (binary data: the Bernoulli likelihood on x itself)."""
     return bool(((x == 0) | (x == 1)).all())
@@ -135,14 +158,16 @@ def load_training_data(source: str):
     return read_data(source)
 
 
-def _check_samples(x: np.ndarray, where: str) -> None:
+def _check_samples(x: np.ndarray, where: str, missing: bool = False) -> None:
     if x.dtype.kind not in "uif":
         raise InputError(f"{where}: dtype {x.dtype}; numbers are required")
     if x.ndim < 2:
         raise InputError(f"{where}: shape {x.shape}; samples must be (N, D) or (N, H, W)")
     if len(x) < 2:
         raise InputError(f"{where}: {len(x)} samples; at least 2 are needed")
-    if x.dtype.kind == "f" and not np.isfinite(x).all():
+    if missing and np.isinf(x).any():
+        raise InputError(f"{where}: contains infinite values")
+    if not missing and x.dtype.kind == "f" and not np.isfinite(x).all():
         raise InputError(f"{where}: contains NaN or infinite values")
 
 
@@ -255,6 +280,7 @@ def fit(
     *,
     progress: bool = False,
     on_epoch=None,
+    series: SeriesSpec | None = None,
     **option_overrides,
 ) -> tuple[VAE, RunConfig]:
     """Train a VAE on raw samples x (N, ...). Unset options are chosen from the data.
@@ -266,10 +292,12 @@ def fit(
     weights of the epoch with the best validation -ELBO are kept and training stops after
     `patience` epochs without improvement. option_overrides: TrainOptions fields, e.g.
     fit(x, epochs=5). on_epoch(entry, epochs) is called after each epoch with its losses.
-    Returns the model and the run config (what was chosen, losses per split)."""
+    series: x holds a series' windows (N, W, C), NaN at missing readings (left out of the
+    loss); see fit_series. Returns the model and the run config (what was chosen, losses
+    per split)."""
     o = replace(options or TrainOptions(), **option_overrides)
-    _check_samples(x, "training data")
-    model_config, prep = _model_config(x, o)
+    _check_samples(x, "training data", missing=series is not None)
+    model_config, prep = _model_config(x, o, series is not None)
     torch.manual_seed(o.seed)
     order = np.random.default_rng(o.seed).permutation(len(x))
     n_val = int(round(len(x) * o.val_fraction))
@@ -277,7 +305,7 @@ def fit(
         raise InputError(f"val_fraction {o.val_fraction} leaves no training or validation rows")
     x_all = torch.from_numpy(prep.apply(x))
     x_val, x_fit = x_all[order[:n_val]], x_all[order[n_val:]]
-    image = is_image_shape(model_config.input_shape)
+    image = is_image_shape(model_config.input_shape) and series is None
     epochs = o.epochs or default_epochs(len(x_fit), o.batch_size, image=image)
     o = replace(o, epochs=epochs, kl_warmup=epochs / 10 if o.kl_warmup is None else o.kl_warmup,
                 trim=(0.0 if image else TRIM) if o.trim is None else o.trim)  # fmt: skip
@@ -347,7 +375,8 @@ def fit(
             "binary": model_config.likelihood == "bernoulli" and prep.scale == 1.0 and is_binary(x),
             "n_train": len(x_fit),
             "n_val": n_val,
-        },
+        }
+        | ({"series": asdict(series)} if series else {}),
         training=training | {"optimizer": "Adam", "torch": torch.__version__},
         summary=summary,
     )
@@ -361,9 +390,10 @@ def train_step(
     the batch less its `trim` share of highest losses. Returns the batch's summed
     reconstruction and KL (all samples)."""
     model.train()
+    xb, present = _missing_filled(xb)
     eps = torch.randn(len(xb), model.latent_dim, generator=noise)
     params, mu, logvar = model(xb, eps)
-    recon, kl = model.reconstruction_nll(xb, params), kl_divergence(mu, logvar)
+    recon, kl = model.reconstruction_nll(xb, params, present), kl_divergence(mu, logvar)
     loss = recon + kl_weight * kl
     kept = math.ceil(len(xb) * (1 - trim))
     # Untrimmed, the plain mean: topk would reorder the sum, and untrimmed runs (images, the
@@ -375,8 +405,13 @@ def train_step(
     return [recon.sum().item(), kl.sum().item()]
 
 
-def _model_config(x: np.ndarray, o: TrainOptions) -> tuple[ModelConfig, Preprocessing]:
-    likelihood, prep = choose_likelihood(x, o.likelihood)
+def _model_config(x: np.ndarray, o: TrainOptions, series: bool = False):
+    if series:
+        if o.likelihood not in (None, "gaussian") or o.arch != "mlp":
+            raise InputError("a windowed model is an MLP with the gaussian likelihood")
+        likelihood, prep = "gaussian", series_preprocessing(x)
+    else:
+        likelihood, prep = choose_likelihood(x, o.likelihood)
     variance = o.variance or ("learned" if likelihood == "gaussian" else "fixed")
     if variance not in ("fixed", "learned") or (likelihood == "bernoulli" and variance != "fixed"):
         raise InputError(f"variance must be 'fixed' or 'learned' (gaussian only), got {variance!r}")
@@ -386,7 +421,7 @@ def _model_config(x: np.ndarray, o: TrainOptions) -> tuple[ModelConfig, Preproce
             image_channels(input_shape)
         except ValueError as e:
             raise InputError(str(e)) from None
-    default_hidden, default_latent = default_architecture(input_shape, o.arch)
+    default_hidden, default_latent = default_architecture(input_shape, o.arch, series)
     return ModelConfig(
         arch=o.arch,
         input_shape=list(input_shape),
@@ -397,6 +432,36 @@ def _model_config(x: np.ndarray, o: TrainOptions) -> tuple[ModelConfig, Preproce
     ), prep
 
 
+def fit_series(
+    values: np.ndarray,
+    window: int | str = "auto",
+    stride: int = 1,
+    options: TrainOptions | None = None,
+    *,
+    channels: list[str] | None = None,
+    timestamp: str | None = None,
+    step_seconds: int | None = None,
+    **fit_arguments,
+) -> tuple[VAE, RunConfig]:
+    """Train a windowed model on a series, values (T,) or (T, C), NaN = missing: its
+    samples are the windows of `window` steps (or "auto": series.auto_window) every
+    `stride` steps; windows with no reading at all are left out. The rest as fit()."""
+    values = np.asarray(values, np.float64)
+    values = values.reshape(len(values), -1)
+    if window == "auto":
+        window = series_io.auto_window(values)
+    if not isinstance(window, (int, np.integer)) or isinstance(window, bool) or window < 2:
+        raise InputError(f"window must be an integer >= 2 or 'auto', got {window!r}")
+    if not isinstance(stride, (int, np.integer)) or stride < 1:
+        raise InputError(f"stride must be a positive integer, got {stride!r}")
+    windows = series_io.sliding_windows(values, int(window), stride)
+    windows = windows[~np.isnan(windows).all(axis=(1, 2))]
+    names = channels or [str(i) for i in range(values.shape[1])]
+    spec = SeriesSpec(int(window), int(stride), list(names), timestamp=timestamp,
+                      step_seconds=step_seconds)  # fmt: skip
+    return fit(np.ascontiguousarray(windows), None, options, series=spec, **fit_arguments)
+
+
 def train(
     data: str,
     out: str | Path,
@@ -404,17 +469,29 @@ def train(
     *,
     normal_class: int | None = None,
     progress: bool = True,
+    window: int | str | None = None,
+    stride: int = 1,
+    columns: list[str] | None = None,
+    timestamp: str | None = None,
     **option_overrides,
 ) -> RunConfig:
     """Train on `data` (a path or 'mnist') and write the run into `out`: checkpoint.pt,
-    config.json and log.jsonl (one line per epoch). Options as for fit(). Returns config."""
+    config.json and log.jsonl (one line per epoch). Options as for fit(). With `window`
+    (steps, or "auto"), `data` is a series (series.read_series: CSV with `columns` and
+    `timestamp`, or .npy) and the model a windowed one (fit_series). Returns config."""
     options = replace(options or TrainOptions(), **option_overrides)
-    dataset = load_training_data(data)
-    if dataset.x is None:
-        raise InputError(f"{data}: no training samples (an 'x' or 'x_train' array)")
-    x = _select_class(dataset.x, dataset.y, normal_class, data)
-    x_test = _select_class(dataset.x_test, dataset.y_test, normal_class, data)
-    _check_samples(x, data)  # here, so that messages name the file
+    if window is not None:
+        series = series_io.read_series(data, columns, timestamp)
+        x = x_test = None
+    else:
+        if columns or timestamp or stride != 1:
+            raise InputError("--columns, --timestamp and --stride are for a series: give --window")
+        dataset = load_training_data(data)
+        if dataset.x is None:
+            raise InputError(f"{data}: no training samples (an 'x' or 'x_train' array)")
+        x = _select_class(dataset.x, dataset.y, normal_class, data)
+        x_test = _select_class(dataset.x_test, dataset.y_test, normal_class, data)
+        _check_samples(x, data)  # here, so that messages name the file
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     log_lines = []
@@ -429,7 +506,14 @@ def train(
                 f"epoch {entry['epoch']}/{epochs}  train {entry['train_loss']:.2f}{val}", err=True
             )
 
-    model, config = fit(x, x_test, options, progress=progress, on_epoch=on_epoch)
+    if window is not None:
+        model, config = fit_series(
+            series.values, window, stride, options, channels=series.channels,
+            timestamp=series.timestamp_column, step_seconds=series.step_seconds,
+            progress=progress, on_epoch=on_epoch,
+        )  # fmt: skip
+    else:
+        model, config = fit(x, x_test, options, progress=progress, on_epoch=on_epoch)
     config.data.update(source=str(data), normal_class=normal_class)
     with atomic_output(out / CHECKPOINT_FILE) as tmp:
         torch.save(model.state_dict(), tmp)
@@ -445,12 +529,22 @@ def evaluate(model: VAE, xp: torch.Tensor, seed: int) -> dict[str, float]:
     noise = torch.Generator().manual_seed(seed + 2)
     recon_sum = kl_sum = 0.0
     for i in range(0, len(xp), EVAL_BATCH):
-        xb = xp[i : i + EVAL_BATCH]
+        xb, present = _missing_filled(xp[i : i + EVAL_BATCH])
         params, mu, logvar = model(xb, torch.randn(len(xb), model.latent_dim, generator=noise))
-        recon_sum += model.reconstruction_nll(xb, params).sum().item()
+        recon_sum += model.reconstruction_nll(xb, params, present).sum().item()
         kl_sum += kl_divergence(mu, logvar).sum().item()
     n = len(xp)
     return {"loss": (recon_sum + kl_sum) / n, "recon": recon_sum / n, "kl": kl_sum / n}
+
+
+def _missing_filled(xb: torch.Tensor):
+    """A series' missing readings (NaN) at the channel's mean (0) for the encoder, and the
+    mask that leaves them out of the loss (None when nothing is missing), as the runtime
+    does (likelihood.Gaussian.prepare)."""
+    missing = torch.isnan(xb)
+    if not missing.any():
+        return xb, None
+    return xb.masked_fill(missing, 0.0), ~missing
 
 
 def _prefixed(prefix: str, d: dict) -> dict:

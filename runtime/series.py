@@ -1,0 +1,463 @@
+"""Sensor series: read them, put back missing steps, cut windows, and turn window scores
+into one score per time step. NumPy only.
+
+A series is T steps of C channels, float64, NaN where a reading is missing. A windowed
+model's samples are windows of W consecutive steps, (W, C); window i holds steps
+i .. i + W - 1 and is scored as row i of the scoring pass (its noise is keyed by i). The
+manifest's `series` entry (manifest.SeriesSpec) says how a step's score is made from its
+windows (STEP_RULES); StepScorer follows it, fed the whole series or one reading at a time,
+with the same numbers.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from vae_edge.runtime.errors import InputError
+from vae_edge.runtime.scoring import ScoredBatch
+
+# A series with more missing steps than this share (NaN readings and steps put back from
+# gaps in the timestamps) is refused: its windows would be mostly made up.
+MOST_MISSING = 0.5
+# --window auto: the series' dominant period within these bounds (steps), else DEFAULT_WINDOW.
+AUTO_WINDOW_BOUNDS = (8, 256)
+DEFAULT_WINDOW = 64
+TIMESTAMP_NAMES = ("timestamp", "time", "datetime", "date")  # a header's timestamp column
+NO_TIMESTAMP = "none"  # --timestamp none: read no timestamps, even if a column looks like one
+
+
+@dataclass(frozen=True)
+class Series:
+    """A series as read: values (T, C) float64, NaN = missing; timestamps datetime64[s]
+    (T,) when the input has them (after missing steps were put back)."""
+
+    values: np.ndarray
+    channels: list[str]
+    timestamps: np.ndarray | None = None
+    timestamp_column: str | None = None
+    step_seconds: int | None = None
+    put_back: int = 0  # steps added where the timestamps had gaps
+
+    @property
+    def missing_share(self) -> float:
+        return float(np.isnan(self.values).any(axis=1).mean()) if len(self.values) else 0.0
+
+
+# -- reading ------------------------------------------------------------------------------
+
+
+class SeriesReader:
+    """Parses CSV lines of one series into values and timestamps, line by line or in
+    chunks, with the same column choice and timestamp completion for a whole file and for
+    a pipe. Built by `for_header`: which columns, which timestamp column, which step."""
+
+    def __init__(self, where: str, value_index: list[int], channels: list[str],
+                 timestamp_index: int | None, timestamp_column: str | None,
+                 step_seconds: int | None):  # fmt: skip
+        self.where = where
+        self.value_index = value_index
+        self.channels = channels
+        self.timestamp_index = timestamp_index
+        self.timestamp_column = timestamp_column
+        self.step_seconds = step_seconds
+        self._last = None  # the last timestamp read, datetime64[s]
+        self._width = max([*value_index, timestamp_index or 0]) + 1
+
+    @classmethod
+    def for_header(cls, where: str, first_line: str, columns=None, timestamp=None,
+                   step_seconds=None, model=None) -> tuple[SeriesReader, bool]:  # fmt: skip
+        """The reader for a CSV whose first line is `first_line`, and whether that line is
+        a header. columns: value columns by name (or 0-based position without a header);
+        default a windowed model's channels where the header has them, else every column
+        but the timestamp. timestamp: its column's name (position), or NO_TIMESTAMP;
+        default the model's timestamp column where the header has it, else a column named
+        like TIMESTAMP_NAMES, else a first column that is not a number. model: a windowed
+        model's SeriesSpec, whose channel count the columns must match."""
+        cells = _cells(first_line)
+        header = not all(_is_number(c) or _is_time(c) or _is_missing(c) for c in cells)
+        names = [c.strip() for c in cells] if header else [str(i) for i in range(len(cells))]
+        if model is not None:
+            if columns is None and set(model.channels) <= set(names):
+                columns = model.channels
+            if timestamp is None and model.timestamp in names:
+                timestamp = model.timestamp
+        if timestamp == NO_TIMESTAMP:
+            t_index = None
+        elif timestamp is not None:
+            t_index = _column(names, timestamp, where, "--timestamp")
+        else:
+            lowered = [n.lower() for n in names]
+            t_index = next((lowered.index(n) for n in TIMESTAMP_NAMES if n in lowered), None)
+            if t_index is None and not header and not _is_number(cells[0]):
+                t_index = 0
+        if columns:
+            value_index = [_column(names, c, where, "--columns") for c in columns]
+        else:
+            value_index = [i for i in range(len(names)) if i != t_index]
+        if not value_index:
+            raise InputError(f"{where}: no value columns (only a timestamp)")
+        if t_index is not None and t_index in value_index:
+            raise InputError(f"{where}: column {names[t_index]!r} is both a timestamp and a value")
+        if model is not None and len(value_index) != len(model.channels):
+            raise InputError(
+                f"{where}: {len(value_index)} value column(s) "
+                f"({', '.join(names[i] for i in value_index)}); the model reads "
+                f"{len(model.channels)}: {', '.join(model.channels)} (choose with --columns)"
+            )
+        return cls(
+            where,
+            value_index,
+            [names[i] for i in value_index],
+            t_index,
+            names[t_index] if t_index is not None else None,
+            step_seconds,
+        ), header
+
+    def parse(self, lines: list[str], first_line_no: int) -> tuple[np.ndarray, np.ndarray | None]:
+        """Values (n, C) and timestamps (n,) of `lines`, with missing steps put back where
+        the timestamps skip whole steps (needs step_seconds)."""
+        values, stamps = [], []
+        for number, line in enumerate(lines, first_line_no):
+            if not line.strip():
+                continue
+            cells = _cells(line)
+            if len(cells) < self._width:
+                raise InputError(f"{self.where}: line {number} has {len(cells)} values, "
+                                 f"not {self._width}")  # fmt: skip
+            values.append([_reading(cells[i], self.where, number) for i in self.value_index])
+            if self.timestamp_index is not None:
+                stamps.append((_timestamp(cells[self.timestamp_index], self.where, number), number))
+        x = np.array(values, np.float64).reshape(-1, len(self.value_index))
+        if self.timestamp_index is None:
+            return x, None
+        return self._complete(x, stamps)
+
+    def _complete(self, x: np.ndarray, stamps) -> tuple[np.ndarray, np.ndarray]:
+        """Donut's timestamp completion: a gap of k steps gets k - 1 missing steps back."""
+        t = np.array([s for s, _ in stamps], "datetime64[s]")
+        if not len(t):
+            return x, t
+        first = self._last is None
+        before = np.concatenate([[t[0] if first else self._last], t[:-1]])
+        back = np.flatnonzero(t <= before)
+        back = back[back > 0] if first else back
+        if len(back):
+            i = int(back[0])
+            raise InputError(
+                f"{self.where}: line {stamps[i][1]}: timestamp {t[i]} is not after the one "
+                f"before ({before[i]}); a series' timestamps must increase"
+            )
+        self._last = t[-1]
+        if not self.step_seconds:
+            return x, t
+        # Readings less than a step apart count as consecutive steps.
+        steps = np.maximum(np.rint((t - before).astype(np.int64) / self.step_seconds), 1)
+        steps = steps.astype(np.int64)
+        if first:
+            steps[0] = 1
+        if (steps == 1).all():
+            return x, t
+        position = np.cumsum(steps) - 1
+        out = np.full((position[-1] + 1, x.shape[1]), np.nan)
+        out[position] = x
+        step = np.timedelta64(self.step_seconds, "s")
+        times = t[0] - (steps[0] - 1) * step + np.arange(len(out)) * step
+        times[position] = t
+        return out, times
+
+
+def read_series(path: str | Path, columns=None, timestamp=None, model=None) -> Series:
+    """Read a whole series: a CSV (see SeriesReader.for_header), or .npy (T,) / (T, C)
+    (NaN = missing). Timestamps are completed on the step of `model` (a windowed model's
+    SeriesSpec) when given, else on their most common difference."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: no such file")
+    suffix = path.suffix.lower()
+    if suffix == ".npy":
+        series = _npy_series(path, columns, timestamp)
+    elif suffix == ".csv":
+        series = _csv_series(path, columns, timestamp, model)
+    else:
+        raise InputError(f"{path}: a series must be .csv or .npy")
+    if len(series.values) == 0:
+        raise InputError(f"{path}: no readings")
+    if model is not None and series.values.shape[1] != len(model.channels):
+        raise InputError(f"{path}: {series.values.shape[1]} channel(s); the model reads "
+                         f"{len(model.channels)}")  # fmt: skip
+    if series.missing_share > MOST_MISSING:
+        raise InputError(
+            f"{path}: {series.missing_share:.0%} of the steps are missing "
+            f"({series.put_back} put back from gaps in the timestamps); at most "
+            f"{MOST_MISSING:.0%} may be"
+        )
+    return series
+
+
+def _npy_series(path: Path, columns, timestamp) -> Series:
+    if columns or timestamp not in (None, NO_TIMESTAMP):
+        raise InputError(f"{path}: --columns and --timestamp are for CSV files")
+    try:
+        x = np.load(path, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as e:
+        raise InputError(f"{path}: not a valid .npy file of numbers ({e})") from None
+    if x.dtype.kind not in "uif" or x.ndim not in (1, 2):
+        raise InputError(f"{path}: a series is (T,) or (T, C) numbers, got {x.dtype} {x.shape}")
+    x = x.astype(np.float64).reshape(len(x), -1)
+    return Series(x, [str(i) for i in range(x.shape[1])])
+
+
+def _csv_series(path: Path, columns, timestamp, model) -> Series:
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError:
+        raise InputError(f"{path}: not a text CSV file") from None
+    lines = text.splitlines()
+    if not lines or not lines[0].strip():
+        raise InputError(f"{path}: empty CSV file")
+    reader, header = SeriesReader.for_header(str(path), lines[0], columns, timestamp,
+                                             model=model)  # fmt: skip
+    body = lines[1:] if header else lines
+    step_seconds = model.step_seconds if model is not None else None
+    if reader.timestamp_index is not None and step_seconds is None:
+        stamps = [
+            _timestamp(_cells(line)[reader.timestamp_index], str(path), n)
+            for n, line in enumerate(body, 1 + header)
+            if line.strip()
+        ]
+        step_seconds = common_step(np.array(stamps, "datetime64[s]"))
+    reader.step_seconds = step_seconds
+    values = reader.parse(body, 1 + header)
+    x, times = values
+    n_read = sum(1 for line in body if line.strip())
+    return Series(x, reader.channels, times, reader.timestamp_column, step_seconds,
+                  put_back=len(x) - n_read)  # fmt: skip
+
+
+def common_step(timestamps: np.ndarray) -> int | None:
+    """The most common positive difference between timestamps, in seconds."""
+    d = np.diff(timestamps).astype(np.int64)
+    d = d[d > 0]
+    if not len(d):
+        return None
+    values, counts = np.unique(d, return_counts=True)
+    return int(values[np.argmax(counts)])
+
+
+def stream_lines(lines: Iterable[str], reader: SeriesReader, first_line_no: int):
+    """(values (n, C), timestamps or None) for each line, missing steps put back."""
+    for number, line in enumerate(lines, first_line_no):
+        if line.strip():
+            yield reader.parse([line], number)
+
+
+def _cells(line: str) -> list[str]:
+    return next(csv.reader(io.StringIO(line.rstrip("\r\n"))), [])
+
+
+def _column(names: list[str], wanted: str, where: str, option: str) -> int:
+    if wanted in names:
+        return names.index(wanted)
+    raise InputError(f"{where}: {option}: no column {wanted!r} (columns: {', '.join(names)})")
+
+
+def _is_number(cell: str) -> bool:
+    try:
+        float(cell)
+    except ValueError:
+        return False
+    return True
+
+
+def _is_time(cell: str) -> bool:
+    try:
+        np.datetime64(cell.strip(), "s")
+    except ValueError:
+        return False
+    return True
+
+
+MISSING_CELLS = ("", "nan", "na", "null", "none")
+
+
+def _is_missing(cell: str) -> bool:
+    return cell.strip().lower() in MISSING_CELLS
+
+
+def _reading(cell: str, where: str, line: int) -> float:
+    cell = cell.strip()
+    if _is_missing(cell):
+        return math.nan
+    try:
+        value = float(cell)
+    except ValueError:
+        raise InputError(f"{where}: line {line}: {cell!r} is not a number") from None
+    if math.isinf(value):
+        raise InputError(f"{where}: line {line}: infinite reading {cell!r}")
+    return value
+
+
+def _timestamp(cell: str, where: str, line: int) -> np.datetime64:
+    cell = cell.strip()
+    try:
+        if _is_number(cell):  # seconds since the epoch
+            return np.datetime64(int(float(cell)), "s")
+        return np.datetime64(cell.replace("T", " ").rstrip("Z"), "s")
+    except ValueError:
+        raise InputError(f"{where}: line {line}: {cell!r} is not a timestamp") from None
+
+
+# -- windows ------------------------------------------------------------------------------
+
+
+def sliding_windows(values: np.ndarray, window: int, stride: int = 1) -> np.ndarray:
+    """Windows (N, W, C) of values (T, C), a view: window i starts at step i * stride."""
+    if len(values) < window:
+        raise InputError(f"the series has {len(values)} steps, fewer than the window ({window})")
+    view = np.lib.stride_tricks.sliding_window_view(values, window, axis=0)  # (N, C, W)
+    return view[::stride].transpose(0, 2, 1)
+
+
+def dominant_period(values: np.ndarray, bounds=AUTO_WINDOW_BOUNDS) -> int | None:
+    """The lag, within bounds, of the highest local maximum of the autocorrelation of the
+    series (its channels' mean after standardising; missing readings at the mean; the first
+    20,000 steps), or None when it has no such peak clear of noise. As TSB-AD's
+    find_length, from NumPy's FFT."""
+    x = np.asarray(values, np.float64).reshape(len(values), -1)
+    std = np.nanstd(x, axis=0)
+    x = (x - np.nanmean(x, axis=0)) / np.where(std > 0, std, 1)
+    x = np.nan_to_num(np.nanmean(x, axis=1) if x.shape[1] > 1 else x[:, 0])
+    x = x[:20_000]
+    low, high = bounds
+    if len(x) < 2 * high or not x.any():
+        high = len(x) // 2
+    if high <= low:
+        return None
+    n = 1 << (2 * len(x) - 1).bit_length()
+    spectrum = np.fft.rfft(x, n)
+    acf = np.fft.irfft(spectrum * np.conj(spectrum), n)[: high + 2]
+    acf /= acf[0] if acf[0] else 1
+    lags = np.arange(low, high + 1)
+    peaks = lags[(acf[lags] > acf[lags - 1]) & (acf[lags] > acf[lags + 1])]
+    if not len(peaks):
+        return None
+    best = peaks[np.argmax(acf[peaks])]
+    # White noise's autocorrelations lie within +-2 / sqrt(n) (95%); a period must stand
+    # above 3 / sqrt(n).
+    return int(best) if acf[best] > 3 / math.sqrt(len(x)) else None
+
+
+def auto_window(values: np.ndarray) -> int:
+    """--window auto: the dominant period (dominant_period), else DEFAULT_WINDOW."""
+    return dominant_period(values) or DEFAULT_WINDOW
+
+
+# -- step scores --------------------------------------------------------------------------
+
+# How a step's score is made from its windows (the manifest's series.step_score):
+# "window_end": the score of the window that ends at the step, so a step is scored as soon
+# as its reading arrives; the first W - 1 steps, which end no window, take the first
+# window's score.
+STEP_RULES = ("window_end",)
+
+
+class StepScorer:
+    """Scores a series fed in pieces (one reading or many), one score per step, as soon as
+    the window ending at it is complete; keeps only the last W - 1 steps, so memory is
+    constant however long the stream. Whatever the pieces, the scores are those of the
+    whole series scored at once (a window's noise is keyed by its first step)."""
+
+    def __init__(self, model, settings, per_feature: bool = False):
+        spec = model.manifest.series
+        if spec is None:
+            raise InputError(f"{model.source}: not a windowed model (no series in vae.json)")
+        self.model, self.settings, self.per_feature = model, settings, per_feature
+        self.window = spec.window
+        self.channels = len(spec.channels)
+        self._tail = np.zeros((0, self.channels), np.float64)
+        self._tail_times = None
+        self.steps = 0  # steps fed so far
+
+    def push(self, values, timestamps: np.ndarray | None = None) -> ScoredBatch | None:
+        """Feed the next readings (n, C) (or (C,), one reading; (n,) for one channel).
+        Returns the scores of the steps that became defined, or None (fewer than W steps
+        so far)."""
+        try:
+            x = np.asarray(values, np.float64)
+        except (ValueError, TypeError):
+            raise InputError("readings must be numbers (NaN for a missing one)") from None
+        if x.ndim == 0 or (x.ndim == 1 and self.channels > 1 and len(x) == self.channels):
+            x = x.reshape(1, -1)  # one reading
+        elif x.ndim == 1 and self.channels == 1:
+            x = x[:, None]
+        if x.ndim != 2 or x.shape[1] != self.channels:
+            raise InputError(f"readings have shape {np.shape(values)}; this model takes "
+                             f"{self.channels} channel(s) per step")  # fmt: skip
+        if np.isinf(x).any():
+            raise InputError(f"reading {self.steps + int(np.argwhere(np.isinf(x))[0, 0])} "
+                             "is infinite")  # fmt: skip
+        if not len(x):
+            return None
+        joined = np.concatenate([self._tail, x]) if len(self._tail) else x
+        times = None
+        if timestamps is not None:
+            times = (
+                timestamps
+                if self._tail_times is None
+                else np.concatenate([self._tail_times, timestamps])
+            )
+        first_step = self.steps - len(self._tail)  # the step of joined[0]
+        self.steps += len(x)
+        keep = max(len(joined) - (self.window - 1), 0)  # the first step kept
+        self._tail = joined[keep:].copy()
+        if times is not None:
+            self._tail_times = times[keep:].copy()
+        if len(joined) < self.window:
+            return None
+        windows = sliding_windows(joined, self.window)
+        batches = list(self.model.score_batches([windows], self.settings, self.per_feature,
+                                                first_row=first_step))  # fmt: skip
+        return self._steps(batches, first_step, times)
+
+    def _steps(self, batches, first_window: int, times) -> ScoredBatch:
+        """Window scores -> step scores by the window_end rule."""
+        scores = np.concatenate([b.scores for b in batches])
+        flags = None
+        if batches[0].is_anomaly is not None:
+            flags = np.concatenate([b.is_anomaly for b in batches])
+        features = None
+        if self.per_feature:  # each channel's loss over the window
+            features = np.concatenate([b.feature_losses.sum(axis=1) for b in batches])
+        start = first_window + self.window - 1  # the step the first window ends at
+        if first_window == 0:  # the first W - 1 steps take the first window's score
+            lead = self.window - 1
+            scores = np.concatenate([np.repeat(scores[:1], lead), scores])
+            flags = None if flags is None else np.concatenate([np.repeat(flags[:1], lead), flags])
+            if features is not None:
+                features = np.concatenate([np.repeat(features[:1], lead, axis=0), features])
+            start = 0
+        stamps = None
+        if times is not None:
+            stamps = times[len(times) - len(scores) :]
+        return ScoredBatch(start, scores, flags, features, stamps)
+
+
+def score_series(model, chunks: Iterable, settings, per_feature: bool = False,
+                 timestamps: Iterable | None = None) -> Iterator[ScoredBatch]:  # fmt: skip
+    """Step scores of a series given as chunks of readings (n, C), through StepScorer."""
+    scorer = StepScorer(model, settings, per_feature)
+    times = iter(timestamps) if timestamps is not None else None
+    for chunk in chunks:
+        batch = scorer.push(chunk, next(times) if times is not None else None)
+        if batch is not None:
+            yield batch
+    if scorer.steps and scorer.steps < scorer.window:
+        raise InputError(f"the series has {scorer.steps} steps, fewer than the model's "
+                         f"window ({scorer.window})")  # fmt: skip
