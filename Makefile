@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo install install-gpu test test-runtime-only tiny-bundle model bench bench-anomaly bench-score-cost bench-default-score bench-one-class bench-scale compat lint clean
+.PHONY: demo install install-gpu test test-runtime-only tiny-bundle model bench bench-anomaly bench-score-cost bench-default-score bench-one-class bench-scale bench-series compat lint clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -95,6 +95,20 @@ bench-one-class: install
 bench-scale: install
 	$(BIN)/python benchmarks/scale.py
 
+# Sensor series: vae-edge's windowed models against TSB-AD's own Sub-PCA, Sub-IForest and
+# Donut and a rolling z-score on the 28 evaluated NAB series of $(VAE_EDGE_DATA)/nab, and
+# the streaming latency per reading (about 45 minutes on 2 cores); writes
+# benchmarks/results/series.{json,md,png}. tsb-ad 1.5 asks for numpy < 2 and an unpinned
+# torch, so it lives in its own throwaway venv: installed with --no-deps beside what its
+# modules import (scikit-learn < 1.6: later releases refuse its estimators) and vae-edge.
+SERIES_VENV := .venv-series
+bench-series: $(BIN)/python
+	test -x $(SERIES_VENV)/bin/python || $(PYTHON) -m venv $(SERIES_VENV)
+	$(SERIES_VENV)/bin/pip install -q 'numpy<2' torch==2.13.0 scipy 'scikit-learn<1.6' statsmodels pandas joblib hurst tqdm torchinfo matplotlib
+	$(SERIES_VENV)/bin/pip install -q --no-deps tsb-ad==1.5
+	$(SERIES_VENV)/bin/pip install -q -e '.[train]'
+	$(SERIES_VENV)/bin/python benchmarks/series.py
+
 # Which onnxruntime releases load the bundles (shipped, MLP and conv, fp32/int8/fp16) and
 # give the same numbers: 1.15.1, 1.20.1 and 1.32.0 in throwaway venvs, no torch there
 # (about 2 minutes after the install); writes benchmarks/results/compat.{json,md}.
@@ -105,4 +119,4 @@ lint: install
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .
 
 clean:
-	rm -rf $(VENV) $(RUNTIME_VENV) build samples.png .pytest_cache
+	rm -rf $(VENV) $(RUNTIME_VENV) $(SERIES_VENV) build samples.png .pytest_cache

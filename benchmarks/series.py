@@ -90,17 +90,45 @@ def step_scores(model, values: np.ndarray, score_type: str) -> np.ndarray:
     return np.concatenate([b.scores for b in score_series(model, [values[:, None]], settings)])
 
 
-def other_step_rules(model, values: np.ndarray, score_type: str) -> dict[str, np.ndarray]:
-    """A rule considered, from the same window scores: the mean over the windows that
-    hold a step (a step's score then waits W - 1 steps for its last window)."""
+def step_rules(model, values: np.ndarray, score_type: str) -> dict[str, np.ndarray]:
+    """Step-score rules considered, from the same window scores s[i] (window i holds steps
+    i .. i + W - 1): "end", the window that ends at the step (immediate); "trailing", the
+    mean over the windows that end in the last W steps (immediate); "mean", the mean over
+    the windows that hold the step (known W - 1 steps later); "centre", the window centred
+    on it (known W / 2 steps later). The first and last steps take the nearest window's."""
     from vae_edge.runtime.series import sliding_windows
 
     w = model.manifest.series.window
-    windows = sliding_windows(values[:, None], w)
-    s = model.score(windows, score_type=score_type).astype(np.float64)
+    s = model.score(sliding_windows(values[:, None], w), score_type=score_type)
+    s = s.astype(np.float64)
     t = len(values)
-    covering = np.convolve(s, np.ones(w))[:t] / np.convolve(np.ones(len(s)), np.ones(w))[:t]
-    return {"mean": covering}
+    end = np.concatenate([np.repeat(s[:1], w - 1), s])
+    ones = np.ones(w)
+    covering = np.convolve(s, ones)[:t] / np.convolve(np.ones(len(s)), ones)[:t]
+    trailing = np.convolve(end, ones)[:t] / np.convolve(np.ones(t), ones)[:t]
+    lead = (w - 1) // 2
+    centre = np.concatenate([np.repeat(s[:1], lead), s, np.repeat(s[-1:], w - 1 - lead)])
+    return {"end": end, "trailing": trailing, "mean": covering, "centre": centre}
+
+
+def period_window(values: np.ndarray, low: int, fallback: int) -> int:
+    """A window rule considered: the dominant period within 8..512 steps, at least `low`,
+    else `fallback`."""
+    from vae_edge.runtime.series import dominant_period
+
+    period = dominant_period(values[:, None], (8, 512))
+    return max(period, low) if period else fallback
+
+
+# (window, score type, step rules) of the designs compared by --designs; "auto": the
+# product's rule (series.auto_window), "period": period_window(64, 128).
+DESIGNS = (
+    (64, "elbo", ("mean",)),
+    (128, "elbo", ("end", "trailing", "mean", "centre")),
+    (128, "recon", ("mean",)),
+    (256, "elbo", ("mean", "trailing")),
+    ("period", "elbo", ("mean", "trailing")),
+)
 
 
 # -- peers ----------------------------------------------------------------------------------
@@ -170,15 +198,15 @@ def run_series(name: str, folder: Path, designs: bool, skip_donut: bool) -> dict
         seconds[DEFAULT] = time.perf_counter() - t0
         window = model.manifest.series.window
         if designs:
-            scores["auto recon end"] = step_scores(model, values, "recon")
-            for fixed in ("auto", 32, 128):
-                if fixed != "auto":
-                    model = vae_edge_window_scores(values, split, fixed, Path(tmp) / str(fixed))
-                scores[f"{fixed} elbo end"] = step_scores(model, values, "elbo")
-                for rule, s in other_step_rules(model, values, "elbo").items():
-                    scores[f"{fixed} elbo {rule}"] = s
-    for peer, s in peer_scores_timed(values, split, skip_donut, seconds).items():
-        scores[peer] = s
+            for window, score_type, rules in DESIGNS:
+                size = period_window(values[:split], 64, 128) if window == "period" else window
+                if size != model.manifest.series.window:
+                    model = vae_edge_window_scores(values, split, size, Path(tmp) / str(size))
+                by_rule = step_rules(model, values, score_type)
+                for rule in rules:
+                    scores[f"{window} {score_type} {rule}"] = by_rule[rule]
+    if not designs:  # the designs are compared with each other; the peers, in the full run
+        scores |= peer_scores_timed(values, split, skip_donut, seconds)
     result = {k: metrics(s, labels, split, sliding) for k, s in scores.items()}
     return {"steps": len(values), "train_steps": split, "tsb_window": int(sliding),
             "vae_edge_window": window, "seconds": seconds, "metrics": result}  # fmt: skip
@@ -197,7 +225,8 @@ def peer_scores_timed(values, split, skip_donut, seconds):
 def streaming_latency(bundle: Path, values: np.ndarray, readings: int = 5000) -> dict:
     """Per new reading: StepScorer.push of one reading (p50/p99), against one window scored
     by hand with onnxruntime at batch 1 (the bare floor: standardise, both graphs at
-    z = mu, the Gaussian loss and KL in NumPy: the step's score, the same number)."""
+    z = mu, the Gaussian loss and KL in NumPy: the new window's score, the same number as
+    the runtime's; push also averages it into the step scores)."""
     import onnxruntime as ort
 
     from vae_edge.runtime import EdgeVAE
@@ -233,7 +262,8 @@ def streaming_latency(bundle: Path, values: np.ndarray, readings: int = 5000) ->
         kl = -0.5 * (1 + logvar - mu * mu - np.exp(logvar)).sum()
         last = recon + kl
         floor_times.append(time.perf_counter_ns() - t0)
-    same = bool(np.isclose(last, batch.scores[-1], rtol=1e-5))
+    same = bool(np.isclose(last, model.score(windows[readings : readings + 1])[0], rtol=1e-5))
+    del batch
 
     def pct(a, q):
         return float(np.percentile(np.asarray(a) / 1000, q))
@@ -334,7 +364,7 @@ def write(results: dict, latency: dict | None, seconds: float, designs: bool) ->
 
 def _designs_table(results: dict) -> list[str]:
     keys = [k for k in next(iter(results.values()))["metrics"] if k[0].isdigit() or
-            k.startswith("auto ")]  # fmt: skip
+            k.startswith(("auto ", "period "))]  # fmt: skip
     means = summary(results, keys)
     best = max(keys, key=lambda k: means[k]["vus_pr"])
     lines = ["## Design choices (window rule, score, step rule)", "",
@@ -394,10 +424,10 @@ def main() -> None:
         if r:
             results[name] = r
             m = r["metrics"]
-            print(f"[{i}/{len(names)}] {name}: " + ", ".join(
-                f"{k} {v['vus_pr']:.3f}" for k, v in m.items() if not k[0].isdigit()
-                and not k.startswith("auto")) + f" ({time.perf_counter() - t0:.0f} s)",
-                flush=True)  # fmt: skip
+            shown = [k for k in m if k == DEFAULT or k in PEERS]
+            print(f"[{i}/{len(names)}] {name}: "
+                  + ", ".join(f"{k} {m[k]['vus_pr']:.3f}" for k in shown)
+                  + f" ({time.perf_counter() - t0:.0f} s)", flush=True)  # fmt: skip
         else:
             print(f"[{i}/{len(names)}] {name}: no anomaly in the evaluated part, left out")
     latency = None

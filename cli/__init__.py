@@ -410,6 +410,9 @@ def _score_series(model, input_path, settings, per_feature, output, columns, tim
         if scorer.steps < spec.window:
             raise InputError(f"{where}: {scorer.steps} steps, fewer than the model's window "
                              f"({spec.window})")  # fmt: skip
+        last = scorer.finish()  # window_mean's last W - 1 steps, known at the end
+        if last is not None:
+            yield last
         if output is not None and missing[0] > MOST_MISSING * missing[1]:
             raise InputError(f"{where}: {missing[0] / missing[1]:.0%} of the steps are "
                              f"missing; at most {MOST_MISSING:.0%} may be")  # fmt: skip

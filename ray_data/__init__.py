@@ -88,7 +88,11 @@ def score_dataset(
     (settings.samples > 0) each row needs its position in an INDEX column (read_parquet
     adds it), which keys its noise. actors: the size of the actor pool (default: the
     cluster's CPUs // cpus_per_actor)."""
-    settings = settings or EdgeVAE.load(model).settings()
+    loaded = EdgeVAE.load(model)
+    if loaded.manifest.series is not None:
+        raise InputError(f"{loaded.source}: a windowed model scores a series in order, not "
+                         "rows on Ray; score it locally")  # fmt: skip
+    settings = settings or loaded.settings()
     if settings.samples and INDEX not in dataset.columns():
         raise InputError(
             f"scoring with draws needs each row's position in an {INDEX!r} column "

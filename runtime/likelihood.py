@@ -139,12 +139,10 @@ class Gaussian:
     def prepare(self, x: np.ndarray) -> Prepared:
         """A series' missing readings (NaN) enter the encoder at the channel's mean (0) and
         are left out of the loss, as Donut's modified ELBO does."""
-        xp, clipped = self.preprocessing.apply_and_clip(x)
+        xp, clipped, missing = self.preprocessing.apply_and_clip(x)
         xp = np.ascontiguousarray(xp, dtype=np.float32)
         target = self.preprocessing.standardized_float64(x) if clipped else None
-        missing = None
-        if x.dtype.kind == "f" and np.isnan(xp).any():
-            missing = np.isnan(xp)
+        if missing is not None:
             xp[missing] = 0
             if target is not None:
                 target[missing] = 0

@@ -48,24 +48,28 @@ class Preprocessing:
         """Raw samples (N, ...) -> the encoder's float32 input, same shape."""
         return self.apply_and_clip(x)[0]
 
-    def apply_and_clip(self, x: np.ndarray) -> tuple[np.ndarray, bool]:
-        """apply(x), and whether a standardised value was clipped."""
+    def apply_and_clip(self, x: np.ndarray) -> tuple[np.ndarray, bool, np.ndarray | None]:
+        """apply(x), whether a standardised value was clipped, and where x is NaN (a
+        series' missing readings, left NaN; None where there are none)."""
         if self.kind == "scale":
-            return np.asarray(x, np.float32) * np.float32(self.scale), False
+            return np.asarray(x, np.float32) * np.float32(self.scale), False, None
         # float64 beyond float32's range becomes inf, then is clipped like any far value
         with np.errstate(over="ignore", invalid="ignore"):
             xp = (self._grouped(np.asarray(x, np.float32)) - self._mean) / self._std
-        # In place, and only where needed: a pass that changes nothing costs a third of it.
-        clipped = bool(xp.size) and not (
+        shape = np.shape(x)
+        # One pass over the batch in the usual case (no NaN, nothing far): its min and max.
+        if not xp.size or (
             -STANDARDIZED_LIMIT < xp.min() and xp.max() < STANDARDIZED_LIMIT
-        )
-        if clipped and np.isnan(xp).any():  # missing readings of a series, not clipped
-            clipped = not (
-                -STANDARDIZED_LIMIT < np.nanmin(xp) <= np.nanmax(xp) < STANDARDIZED_LIMIT
-            )
-        if clipped:
+        ):  # fmt: skip
+            return xp.reshape(shape), False, None
+        missing = np.isnan(xp)
+        if missing.all():
+            return xp.reshape(shape), False, missing.reshape(shape)
+        present = xp[~missing] if missing.any() else xp
+        clipped = not (-STANDARDIZED_LIMIT < present.min() and present.max() < STANDARDIZED_LIMIT)
+        if clipped:  # in place, and only where needed: a pass that changes nothing costs
             np.clip(xp, -STANDARDIZED_LIMIT, STANDARDIZED_LIMIT, out=xp)
-        return xp.reshape(np.shape(x)), clipped
+        return xp.reshape(shape), clipped, missing.reshape(shape) if missing.any() else None
 
     @property
     def grey_levels(self) -> bool:

@@ -245,11 +245,21 @@ class EdgeVAE:
     def _steps(self, x, settings: ScoreSettings, per_feature: bool = False) -> ScoredBatch:
         """A windowed model's scores of a whole series x (T,) or (T, C): one per step."""
         x = _as_array(x, "series")
-        batch = StepScorer(self, settings, per_feature).push(x)
+        scorer = StepScorer(self, settings, per_feature)
+        batch = scorer.push(x)
         if batch is None:
             raise InputError(f"the series has {len(x)} steps, fewer than the model's window "
                              f"({self.manifest.series.window})")  # fmt: skip
-        return batch
+        last = scorer.finish()
+        if last is None:
+            return batch
+        parts = [batch, last]
+        return ScoredBatch(
+            0,
+            np.concatenate([b.scores for b in parts]),
+            None if batch.is_anomaly is None else np.concatenate([b.is_anomaly for b in parts]),
+            None if not per_feature else np.concatenate([b.feature_losses for b in parts]),
+        )
 
     def _chunk_batches(self, x, start: int, settings: ScoreSettings, per_feature: bool):
         rows = settings.rows_per_batch
@@ -363,7 +373,15 @@ class EdgeVAE:
     def _prepare(self, x: np.ndarray, start: int) -> Prepared:
         """Check values (finite) and hand rows to the likelihood; `start` is the index of
         x[0] in the whole input, for the error message."""
-        _require_finite(x, "input", start, missing=self.manifest.series is not None)
+        series = self.manifest.series is not None
+        if series:
+            batch = self.likelihood.prepare(x)
+            if (batch.missing is not None or batch.target is not None) and np.isinf(x).any():
+                i, position, channel = np.argwhere(np.isinf(x))[0]
+                raise InputError(f"the reading of step {start + i + position}, channel "
+                                 f"{channel}, is infinite")  # fmt: skip
+            return batch
+        _require_finite(x, "input", start)
         if self.manifest.grey_levels and start == 0 and x.size and 0 < x.max() <= 1:
             # e.g. MNIST as floats in [0, 1] given to a model trained on grey levels 0..255:
             # valid numbers, but scored as near-black images.
@@ -415,15 +433,10 @@ def _as_array(x, name: str) -> np.ndarray:
     return x
 
 
-def _require_finite(x: np.ndarray, name: str, offset: int = 0, missing: bool = False) -> None:
-    """Refuse NaN and infinite values; with `missing` (a series), NaN marks a missing
-    reading and only infinite values are refused."""
-    if x.dtype.kind == "f" and not (np.isinf(x) if missing else ~np.isfinite(x)).any():
-        return
-    if x.dtype.kind == "f":
-        first = np.argwhere(np.isinf(x) if missing else ~np.isfinite(x))[0]
+def _require_finite(x: np.ndarray, name: str, offset: int = 0) -> None:
+    if x.dtype.kind == "f" and not np.isfinite(x).all():
+        first = np.argwhere(~np.isfinite(x))[0]
         where = f"sample {offset + int(first[0])}"
         if len(first) > 1:
             where += f", feature {tuple(int(i) for i in first[1:])}"
-        what = "infinite" if missing else "NaN or infinite"
-        raise InputError(f"{name} has {what} values (first in {where})")
+        raise InputError(f"{name} has NaN or infinite values (first in {where})")

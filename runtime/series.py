@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from vae_edge.runtime.errors import InputError
-from vae_edge.runtime.scoring import ScoredBatch
+from vae_edge.runtime.scoring import ScoredBatch, finite_float32
 
 # A series with more missing steps than this share (NaN readings and steps put back from
 # gaps in the timestamps) is refused: its windows would be mostly made up.
@@ -362,17 +362,22 @@ def auto_window(values: np.ndarray) -> int:
 # -- step scores --------------------------------------------------------------------------
 
 # How a step's score is made from its windows (the manifest's series.step_score):
-# "window_end": the score of the window that ends at the step, so a step is scored as soon
-# as its reading arrives; the first W - 1 steps, which end no window, take the first
-# window's score.
-STEP_RULES = ("window_end",)
+# "window_mean": the mean of the scores of the windows that hold the step, known once the
+# window that starts at it is scored (W - 1 readings later); the last W - 1 steps of a
+# series, which start no window, take the mean over the windows that hold them at its end.
+# "window_end": the score of the window that ends at the step, known at once; the first
+# W - 1 steps, which end no window, take the first window's.
+# window_mean won on the NAB series (benchmarks/results/series-designs.md).
+STEP_RULES = ("window_mean", "window_end")
 
 
 class StepScorer:
-    """Scores a series fed in pieces (one reading or many), one score per step, as soon as
-    the window ending at it is complete; keeps only the last W - 1 steps, so memory is
-    constant however long the stream. Whatever the pieces, the scores are those of the
-    whole series scored at once (a window's noise is keyed by its first step)."""
+    """Scores a series fed in pieces (one reading or many): push() returns the scores of
+    the steps that became known, finish() those of the last steps once the series ends.
+    It keeps the last W - 1 readings and window scores, so memory is constant however
+    long the stream. Whatever the pieces, the scores are those of the whole series scored
+    at once (a window's noise is keyed by its first step, and each step's mean is taken
+    over the same window scores in the same order)."""
 
     def __init__(self, model, settings, per_feature: bool = False):
         spec = model.manifest.series
@@ -380,15 +385,20 @@ class StepScorer:
             raise InputError(f"{model.source}: not a windowed model (no series in vae.json)")
         self.model, self.settings, self.per_feature = model, settings, per_feature
         self.window = spec.window
+        self.rule = spec.step_score
         self.channels = len(spec.channels)
         self._tail = np.zeros((0, self.channels), np.float64)
         self._tail_times = None
-        self.steps = 0  # steps fed so far
+        # window_mean: the last W - 1 window scores (and per-channel losses) before the next
+        self._scores = np.zeros(0, np.float32)
+        self._features = np.zeros((0, self.channels), np.float32)
+        self.steps = 0  # readings fed so far
+        self.windows = 0  # windows scored so far
 
     def push(self, values, timestamps: np.ndarray | None = None) -> ScoredBatch | None:
-        """Feed the next readings (n, C) (or (C,), one reading; (n,) for one channel).
-        Returns the scores of the steps that became defined, or None (fewer than W steps
-        so far)."""
+        """Feed the next readings (n, C) (or (C,), one reading; (n,) for one channel) and
+        their timestamps (n,) if any. Returns the scores of the steps that became known,
+        or None."""
         try:
             x = np.asarray(values, np.float64)
         except (ValueError, TypeError):
@@ -400,53 +410,115 @@ class StepScorer:
         if x.ndim != 2 or x.shape[1] != self.channels:
             raise InputError(f"readings have shape {np.shape(values)}; this model takes "
                              f"{self.channels} channel(s) per step")  # fmt: skip
-        if np.isinf(x).any():
-            raise InputError(f"reading {self.steps + int(np.argwhere(np.isinf(x))[0, 0])} "
-                             "is infinite")  # fmt: skip
         if not len(x):
             return None
-        joined = np.concatenate([self._tail, x]) if len(self._tail) else x
-        times = None
-        if timestamps is not None:
-            times = (
-                timestamps
-                if self._tail_times is None
-                else np.concatenate([self._tail_times, timestamps])
-            )
         first_step = self.steps - len(self._tail)  # the step of joined[0]
+        joined = np.concatenate([self._tail, x]) if len(self._tail) else x
+        times = timestamps
+        if timestamps is not None and self._tail_times is not None:
+            times = np.concatenate([self._tail_times, timestamps])
         self.steps += len(x)
         keep = max(len(joined) - (self.window - 1), 0)  # the first step kept
-        self._tail = joined[keep:].copy()
+        # A view when joined is fresh (one reading: the tail stays W - 1 steps long).
+        self._tail = joined[keep:] if len(self._tail) else joined[keep:].copy()
         if times is not None:
             self._tail_times = times[keep:].copy()
         if len(joined) < self.window:
             return None
-        windows = sliding_windows(joined, self.window)
-        batches = list(self.model.score_batches([windows], self.settings, self.per_feature,
-                                                first_row=first_step))  # fmt: skip
-        return self._steps(batches, first_step, times)
-
-    def _steps(self, batches, first_window: int, times) -> ScoredBatch:
-        """Window scores -> step scores by the window_end rule."""
-        scores = np.concatenate([b.scores for b in batches])
-        flags = None
-        if batches[0].is_anomaly is not None:
-            flags = np.concatenate([b.is_anomaly for b in batches])
+        if len(joined) == self.window:  # one window: straight to the scoring pass's batch
+            batches = [self.model._score_batch(joined[None], first_step, self.settings,
+                                               self.per_feature)]  # fmt: skip
+        else:
+            windows = sliding_windows(joined, self.window)
+            batches = list(self.model.score_batches([windows], self.settings, self.per_feature,
+                                                    first_row=first_step))  # fmt: skip
+        scores = _joined([b.scores for b in batches])
         features = None
         if self.per_feature:  # each channel's loss over the window
-            features = np.concatenate([b.feature_losses.sum(axis=1) for b in batches])
+            features = _joined([finite_float32(b.feature_losses.sum(axis=1, dtype=np.float64))
+                                for b in batches])  # fmt: skip
+        self.windows += len(scores)
+        if self.rule == "window_end":
+            return self._window_end(scores, features, first_step, times)
+        return self._window_mean(scores, features, first_step, times)
+
+    def finish(self) -> ScoredBatch | None:
+        """The series has ended: the scores of its steps not yet known (window_mean's last
+        W - 1 steps), or None."""
+        first = self.windows  # the first step that starts no window
+        if self.rule == "window_end" or not self.windows or first >= self.steps:
+            return None
+        # Step t averages windows t - W + 1 .. first - 1: the last steps - t of the history.
+        ends = [len(self._scores) - (self.steps - t) for t in range(first, self.steps)]
+        scores = np.array([_mean(self._scores[max(0, e) :]) for e in ends], np.float32)
+        features = None
+        if self.per_feature:
+            features = np.stack([_mean(self._features[max(0, e) :]) for e in ends])
+            features = features.astype(np.float32)
+        stamps = None if self._tail_times is None else self._tail_times[-len(scores) :]
+        return self._batch(first, scores, features, stamps)
+
+    def _window_end(self, scores, features, first_window: int, times) -> ScoredBatch:
         start = first_window + self.window - 1  # the step the first window ends at
         if first_window == 0:  # the first W - 1 steps take the first window's score
             lead = self.window - 1
             scores = np.concatenate([np.repeat(scores[:1], lead), scores])
-            flags = None if flags is None else np.concatenate([np.repeat(flags[:1], lead), flags])
             if features is not None:
                 features = np.concatenate([np.repeat(features[:1], lead, axis=0), features])
             start = 0
-        stamps = None
-        if times is not None:
-            stamps = times[len(times) - len(scores) :]
+        stamps = None if times is None else times[len(times) - len(scores) :]
+        return self._batch(start, scores, features, stamps)
+
+    def _window_mean(self, scores, features, first_window: int, times) -> ScoredBatch:
+        """Step i (the first step of window i) averages the scores of windows
+        max(0, i - W + 1) .. i, each step's mean over its own window scores in order."""
+        w, n, k = self.window, len(scores), len(self._scores)
+        history = np.concatenate([self._scores, scores])  # windows first_window - k ..
+        steps = _step_means(history, k, n, w)
+        self._scores = history[max(0, len(history) - (w - 1)) :].copy()
+        step_features = None
+        if features is not None:
+            rows = np.concatenate([self._features, features])
+            step_features = _step_means(rows, k, n, w)
+            self._features = rows[max(0, len(rows) - (w - 1)) :].copy()
+        stamps = None if times is None else times[:n]
+        return self._batch(first_window, steps, step_features, stamps)
+
+    def _batch(self, start, scores, features, stamps) -> ScoredBatch:
+        t = self.settings.threshold
+        flags = None if t is None else scores > t
         return ScoredBatch(start, scores, flags, features, stamps)
+
+
+def _step_means(history: np.ndarray, k: int, n: int, w: int) -> np.ndarray:
+    """For j < n, the mean of history[max(0, k + j + 1 - w) : k + j + 1] (float32): a run
+    of up to w consecutive window scores (or per-channel losses) ending at the j-th new
+    one. One at a time by _mean where the run is short or the steps few, else by _means:
+    the same reduction, so the result does not depend on how the series was split."""
+    first_full = max(0, w - 1 - k)  # runs from here on hold exactly w rows
+    out = np.empty((n, *history.shape[1:]), np.float32)
+    loop = n if n <= 16 else min(first_full, n)
+    for j in range(loop):
+        out[j] = _mean(history[max(0, k + j + 1 - w) : k + j + 1])
+    if loop < n:
+        out[loop:] = _means(history[k + loop + 1 - w :], w)
+    return out
+
+
+def _mean(a: np.ndarray) -> np.ndarray:
+    """The mean of a's rows in float64, by the same reduction as _means."""
+    return np.add.reduce(a.astype(np.float64), axis=0) / len(a)
+
+
+def _means(a: np.ndarray, w: int) -> np.ndarray:
+    """The mean of each run of w consecutive rows of a, each as _mean computes it."""
+    runs = np.lib.stride_tricks.sliding_window_view(a, w, axis=0)  # (m, ..., w)
+    runs = np.moveaxis(runs, -1, 1).astype(np.float64)  # (m, w, ...), a copy
+    return np.add.reduce(runs, axis=1) / w
+
+
+def _joined(parts: list[np.ndarray]) -> np.ndarray:
+    return parts[0] if len(parts) == 1 else np.concatenate(parts)
 
 
 def score_series(model, chunks: Iterable, settings, per_feature: bool = False,
@@ -461,3 +533,6 @@ def score_series(model, chunks: Iterable, settings, per_feature: bool = False,
     if scorer.steps and scorer.steps < scorer.window:
         raise InputError(f"the series has {scorer.steps} steps, fewer than the model's "
                          f"window ({scorer.window})")  # fmt: skip
+    last = scorer.finish()
+    if last is not None:
+        yield last

@@ -182,23 +182,26 @@ def test_fp16_variant_has_fp16_weights_fp32_io_and_scores_like_fp32(
     assert fp16.sample(3, seed=0).dtype == np.float32
 
 
-def test_the_committed_tiny_bundle_is_what_its_script_builds(tmp_path, tiny_bundle):
-    """tests/data/tiny_bundle comes from a seeded run (`make tiny-bundle`): the same graphs
-    and the same manifest, up to the last bits of float rounding (CPUs with other vector
-    units round torch's sums differently, so the bytes and digests may differ), and the
-    run's wall time."""
+@pytest.mark.parametrize("which", ["tiny_bundle", "tiny_series_bundle"])
+def test_the_committed_tiny_bundle_is_what_its_script_builds(tmp_path, which):
+    """tests/data/tiny_bundle and tiny_series_bundle come from seeded runs (`make
+    tiny-bundle`): the same graphs and the same manifest, up to the last bits of float
+    rounding (CPUs with other vector units round torch's sums differently, so the bytes and
+    digests may differ), and the run's wall time."""
     import sys
     from pathlib import Path
 
     from onnx import numpy_helper
 
     sys.path.insert(0, str(Path(__file__).parent))
-    from make_tiny_bundle import build
+    import make_tiny_bundle
 
+    committed_bundle = Path(__file__).parent / "data" / which
+    build = make_tiny_bundle.build if which == "tiny_bundle" else make_tiny_bundle.build_series
     build(tmp_path / "tiny")
     for graph in ("encoder.onnx", "decoder.onnx"):
         built, committed = (
-            onnx.load(folder / graph) for folder in (tmp_path / "tiny", tiny_bundle)
+            onnx.load(folder / graph) for folder in (tmp_path / "tiny", committed_bundle)
         )
         assert [(n.op_type, n.input, n.output) for n in built.graph.node] == [
             (n.op_type, n.input, n.output) for n in committed.graph.node
@@ -217,7 +220,7 @@ def test_the_committed_tiny_bundle_is_what_its_script_builds(tmp_path, tiny_bund
             del m[graph]["sha256"]
         return m
 
-    _assert_close(manifest(tmp_path / "tiny"), manifest(tiny_bundle), "vae.json")
+    _assert_close(manifest(tmp_path / "tiny"), manifest(committed_bundle), "vae.json")
 
 
 def _assert_close(built, committed, where: str) -> None:

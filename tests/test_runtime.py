@@ -4,6 +4,7 @@ import json
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -448,3 +449,71 @@ def test_default_threads_use_one_thread_for_small_calls_and_all_cores_for_large(
     assert options.intra_op_num_threads == 0  # onnxruntime's default: all cores
     assert model.bundle.encoder.get_session_options().intra_op_num_threads == 1
     assert EdgeVAE.load(threads=2).bundle.graphs_for_parallel is None  # as asked
+
+
+# -- a windowed model (tests/data/tiny_series_bundle: 8 steps x 2 channels) ---------------
+
+TINY_SERIES = Path(__file__).parent / "data" / "tiny_series_bundle"
+
+
+def two_channels(steps: int, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    t = np.arange(steps)[:, None]
+    cycle = np.sin(2 * np.pi * t / 12 + np.array([[0.0, 1.0]]))
+    return cycle * np.array([1.0, 20.0]) + 0.1 * rng.standard_normal((steps, 2))
+
+
+def test_series_stream_equals_the_whole_series_without_torch():
+    code = f"""
+import sys
+sys.modules["torch"] = None
+sys.modules["onnx"] = None
+import numpy as np
+from vae_edge.runtime import EdgeVAE
+m = EdgeVAE.load({str(TINY_SERIES)!r})
+rng = np.random.default_rng(0)
+x = np.sin(np.arange(300)[:, None] / 2 + np.array([[0.0, 1.0]])) * [1.0, 20.0]
+x[100:104, 1] = np.nan
+whole = m.score(x, samples=2)
+scorer = m.stream(samples=2)
+parts = [b.scores for b in map(scorer.push, x) if b is not None] + [scorer.finish().scores]
+assert np.array_equal(np.concatenate(parts), whole) and np.isfinite(whole).all()
+print("ok")
+"""
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr
+
+
+@given(
+    values=hnp.arrays(
+        np.float64, (40, 2),
+        elements=st.floats(allow_nan=True, allow_infinity=False, width=64)),
+)  # fmt: skip
+@settings(max_examples=60, deadline=None)
+def test_series_any_finite_or_missing_readings_score_finite(values):
+    model = EdgeVAE.load(TINY_SERIES)
+    if np.isnan(values).all():
+        values[0, 0] = 1.0
+    scores = model.score(values)
+    assert scores.shape == (40,) and np.isfinite(scores).all()
+    assert np.isfinite(model.feature_scores(values)).all()
+
+
+def test_series_cli_scores_a_csv_with_timestamps_per_step(tmp_path):
+    x = two_channels(60, seed=1)
+    t0 = np.datetime64("2024-03-01 00:00:00")
+    lines = ["time,a,b"] + [
+        f"{t0 + np.timedelta64(60 * i, 's')},{a},{b}" for i, (a, b) in enumerate(x) if i != 30
+    ]
+    (tmp_path / "s.csv").write_text("\n".join(lines) + "\n")
+    from conftest import run_cli
+
+    r = run_cli("score", "--model", TINY_SERIES, tmp_path / "s.csv", "--timestamp", "time",
+                "--columns", "a,b", "--per-feature", "-o", tmp_path / "out.jsonl")  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    rows = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
+    # The model was trained without timestamps: it knows no step, so puts no gap back.
+    assert len(rows) == 59 and rows[30]["timestamp"] == "2024-03-01T00:31:00"
+    assert [r["index"] for r in rows] == list(range(59)) and len(rows[0]["features"]) == 2
+    r = run_cli("score", "--model", TINY_SERIES, tmp_path / "s.csv", "--columns", "a")
+    assert r.returncode == 2 and "the model reads 2: 0, 1" in r.stderr

@@ -129,7 +129,7 @@ def test_manifest_records_the_series(pump_bundle):
     m = EdgeVAE.load(pump_bundle).manifest
     assert m.input_shape == (WINDOW, 5) and m.series.window == WINDOW
     assert m.series.channels == CHANNELS and m.series.timestamp == "timestamp"
-    assert m.series.step_seconds == 60 and m.series.step_score == "window_end"
+    assert m.series.step_seconds == 60 and m.series.step_score == "window_mean"
     assert len(m.preprocessing.mean) == 5  # per channel, not per window position
     assert not m.is_image and not m.has_complexity
     assert sum(p.stat().st_size for p in pump_bundle.iterdir()) < 1_000_000
@@ -139,27 +139,53 @@ def test_manifest_records_the_series(pump_bundle):
         Manifest.from_dict(d)
 
 
-def test_a_score_per_step_streamed_bit_for_bit(pump_bundle):
-    model = EdgeVAE.load(pump_bundle)
+def with_rule(bundle, rule, tmp_path):
+    """A copy of the bundle whose manifest says another step-score rule."""
+    import shutil
+
+    copy = tmp_path / rule
+    shutil.copytree(bundle, copy)
+    manifest = json.loads((copy / "vae.json").read_text())
+    manifest["series"]["step_score"] = rule
+    (copy / "vae.json").write_text(json.dumps(manifest))
+    return EdgeVAE.load(copy)
+
+
+@pytest.mark.parametrize("rule", ["window_mean", "window_end"])
+def test_a_score_per_step_streamed_bit_for_bit(pump_bundle, rule, tmp_path):
+    model = with_rule(pump_bundle, rule, tmp_path)
     x = pump(400, seed=1)
     x[200:203, 3] = np.nan
+    windows = model.score(np.lib.stride_tricks.sliding_window_view(x, WINDOW, axis=0)
+                          .transpose(0, 2, 1))  # one score per window  # fmt: skip
     for samples in (0, 3):
         whole = model.score(x, samples=samples)
         assert whole.shape == (400,) and np.isfinite(whole).all()
-        assert (whole[: WINDOW - 1] == whole[WINDOW - 1]).all()  # the first window's score
         scorer = model.stream(samples=samples)
         got = []
         for i, reading in enumerate(x):
             batch = scorer.push(reading)
             if i < WINDOW - 1:
                 assert batch is None
-            else:
-                assert batch.start + len(batch.scores) == i + 1
+            else:  # one step known per reading: the last (end) or the first of the window
+                known = i if rule == "window_end" else i - WINDOW + 1
+                assert batch.start + len(batch.scores) == known + 1
                 got.append(batch.scores)
+        last = scorer.finish()
+        assert (last is None) == (rule == "window_end")
+        got += [] if last is None else [last.scores]
         assert np.array_equal(np.concatenate(got), whole)
         pieces = model.stream(samples=samples)
-        chunks = [pieces.push(c) for c in np.array_split(x, [3, 40, 41, 250])]
+        chunks = [pieces.push(c) for c in np.array_split(x, [3, 40, 41, 250])] + [pieces.finish()]
         assert np.array_equal(np.concatenate([c.scores for c in chunks if c]), whole)
+    whole = model.score(x)
+    if rule == "window_end":  # the first W - 1 steps take the first window's score
+        assert (whole[: WINDOW - 1] == windows[0]).all()
+        np.testing.assert_array_equal(whole[WINDOW - 1 :], windows)
+    else:  # the mean over the windows that hold the step
+        for step in (0, 5, 15, 100, 390, 399):
+            held = windows[max(0, step - WINDOW + 1) : step + 1]
+            np.testing.assert_allclose(whole[step], held.mean(dtype=np.float64), rtol=1e-6)
 
 
 def test_an_anomaly_scores_high_in_its_channel(pump_bundle):
@@ -167,9 +193,9 @@ def test_an_anomaly_scores_high_in_its_channel(pump_bundle):
     x = pump(300, seed=2)
     x[200, 1] += 40 * 50.0  # a spike in flow
     scores = model.score(x)
-    assert scores[200:216].min() > np.quantile(scores[:190], 0.99)
+    assert scores[185:201].min() > np.quantile(scores[:170], 0.99)  # the steps beside it
     losses = model.feature_scores(x)
-    assert losses.shape == (300, 5) and np.argmax(losses[205]) == 1
+    assert losses.shape == (300, 5) and np.argmax(losses[195]) == 1
     assert np.isfinite(model.score(np.full((40, 5), 1e30))).all()
 
 
@@ -182,8 +208,8 @@ def test_missing_readings_are_left_out_not_zero_filled(pump_bundle):
     zero[60, 0] = 0.0
     s_gone, s_zero = model.score(gone), model.score(zero)
     assert np.isfinite(s_gone).all()
-    assert not np.allclose(s_gone[60:76], s_zero[60:76])
-    assert np.array_equal(model.feature_scores(gone)[60:76, 1:] > 0, np.ones((16, 4), bool))
+    assert not np.allclose(s_gone[45:61], s_zero[45:61])
+    assert (model.feature_scores(gone)[45:61, 1:] > 0).all()
     with pytest.raises(InputError, match="infinite"):
         model.score(np.where(np.isnan(gone), np.inf, gone))
 
@@ -259,15 +285,17 @@ def test_cli_stream_answers_each_reading_as_it_arrives(pump_bundle, tmp_path):
         for line in lines[: WINDOW + 1]:  # the header and the first window
             proc.stdin.write(line + "\n")
         proc.stdin.flush()
-        out = [proc.stdout.readline() for _ in range(WINDOW + 1)]  # header + W steps, at once
-        assert out[0].startswith("index,timestamp,score")
+        out = [proc.stdout.readline() for _ in range(2)]  # header, step 0 at once
+        assert out[0].startswith("index,timestamp,score") and out[1].startswith("0,2024-01-01")
         proc.stdin.write(lines[WINDOW + 1] + "\n")
         proc.stdin.flush()
-        assert proc.stdout.readline().startswith(f"{WINDOW},")  # answered before EOF
+        assert proc.stdout.readline().startswith("1,")  # answered before EOF
     finally:
         proc.stdin.close()
         proc.wait(timeout=60)
     assert proc.returncode == 0, proc.stderr.read()
+    rest = proc.stdout.read().splitlines()  # the last W - 1 steps of window_mean, at EOF
+    assert [line.split(",")[0] for line in rest] == [str(i) for i in range(2, WINDOW + 1)]
 
 
 def test_cli_calibrate_and_evaluate_with_labels(pump_bundle, tmp_path):
