@@ -113,8 +113,8 @@ def cli():
 )
 @click.option("--normal-class", type=int, help="Train only on samples with this label.")
 @click.option("--window", help="The data is a series (CSV or .npy (T,) / (T, C)): train on "
-              "windows of this many steps, or 'auto' (the series' period, 8..256 steps, else "
-              "64).")  # fmt: skip
+              "windows of this many steps, or 'auto' (the series' period within 8..512 "
+              "steps, at least 64; else 128).")  # fmt: skip
 @click.option("--stride", type=click.IntRange(min=1), default=1, show_default=True,
               help="Steps between training windows (series).")  # fmt: skip
 @click.option("--columns", help="A series' value columns, COL,... (default: every column but "
@@ -381,6 +381,9 @@ def _score_series(model, input_path, settings, per_feature, output, columns, tim
 
     spec = model.manifest.series
     where = "standard input" if str(input_path) == "-" else str(input_path)
+    if where != "standard input" and input_path.suffix.lower() not in (".csv", ".npy"):
+        raise InputError(f"{where}: a windowed model scores a series: .csv, .npy, or - for "
+                         "standard input")  # fmt: skip
     if where != "standard input" and input_path.suffix.lower() == ".npy":
         from vae_edge.runtime.series import read_series
 

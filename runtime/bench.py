@@ -95,7 +95,7 @@ def default_score_jobs(model: EdgeVAE, x: np.ndarray) -> dict[str, Callable[[], 
         if p.kind == "scale":
             xp = x * np.float32(p.scale)
         else:
-            xp = (x.reshape(n, -1) - p._mean) / p._std
+            xp = ((x.reshape(n, -1, p._mean.size) - p._mean) / p._std).reshape(x.shape)
         mu, logvar = enc.run(enc_out, {enc_in: xp.astype(np.float32, copy=False)})
         logvar = np.minimum(logvar, np.float32(LOGVAR_MAX))
         z = mu if draws == 0 else (mu[:, None] + np.exp(0.5 * logvar)[:, None] * eps)

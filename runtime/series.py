@@ -26,9 +26,15 @@ from vae_edge.runtime.scoring import ScoredBatch, finite_float32
 # A series with more missing steps than this share (NaN readings and steps put back from
 # gaps in the timestamps) is refused: its windows would be mostly made up.
 MOST_MISSING = 0.5
-# --window auto: the series' dominant period within these bounds (steps), else DEFAULT_WINDOW.
-AUTO_WINDOW_BOUNDS = (8, 256)
-DEFAULT_WINDOW = 64
+# --window auto: the series' dominant period within AUTO_WINDOW_BOUNDS (steps), at least
+# MIN_AUTO_WINDOW; DEFAULT_WINDOW when it has none. On the 28 NAB series this rule won over
+# fixed windows of 64 and 128 (mean VUS-PR 0.564 against 0.421 and 0.472); 256 for every
+# series did a little better on NAB's wide labelled windows (0.586, 15 series to 13) but
+# smooths a series with a short period and short anomalies over far more steps than the
+# period (benchmarks/results/series-designs.md).
+AUTO_WINDOW_BOUNDS = (8, 512)
+MIN_AUTO_WINDOW = 64
+DEFAULT_WINDOW = 128
 TIMESTAMP_NAMES = ("timestamp", "time", "datetime", "date")  # a header's timestamp column
 NO_TIMESTAMP = "none"  # --timestamp none: read no timestamps, even if a column looks like one
 
@@ -355,8 +361,10 @@ def dominant_period(values: np.ndarray, bounds=AUTO_WINDOW_BOUNDS) -> int | None
 
 
 def auto_window(values: np.ndarray) -> int:
-    """--window auto: the dominant period (dominant_period), else DEFAULT_WINDOW."""
-    return dominant_period(values) or DEFAULT_WINDOW
+    """--window auto: the dominant period (dominant_period), at least MIN_AUTO_WINDOW, else
+    DEFAULT_WINDOW."""
+    period = dominant_period(values)
+    return max(period, MIN_AUTO_WINDOW) if period else DEFAULT_WINDOW
 
 
 # -- step scores --------------------------------------------------------------------------
@@ -390,8 +398,8 @@ class StepScorer:
         self._tail = np.zeros((0, self.channels), np.float64)
         self._tail_times = None
         # window_mean: the last W - 1 window scores (and per-channel losses) before the next
-        self._scores = np.zeros(0, np.float32)
-        self._features = np.zeros((0, self.channels), np.float32)
+        self._scores = np.zeros(0, np.float64)
+        self._features = np.zeros((0, self.channels), np.float64)
         self.steps = 0  # readings fed so far
         self.windows = 0  # windows scored so far
 
@@ -473,14 +481,15 @@ class StepScorer:
         """Step i (the first step of window i) averages the scores of windows
         max(0, i - W + 1) .. i, each step's mean over its own window scores in order."""
         w, n, k = self.window, len(scores), len(self._scores)
-        history = np.concatenate([self._scores, scores])  # windows first_window - k ..
-        steps = _step_means(history, k, n, w)
-        self._scores = history[max(0, len(history) - (w - 1)) :].copy()
+        history = np.concatenate([self._scores, scores], dtype=np.float64)  # from window
+        steps = _step_means(history, k, n, w)  # first_window - k on
+        # A view of the fresh history: memory stays W window scores.
+        self._scores = history[max(0, len(history) - (w - 1)) :]
         step_features = None
         if features is not None:
-            rows = np.concatenate([self._features, features])
+            rows = np.concatenate([self._features, features], dtype=np.float64)
             step_features = _step_means(rows, k, n, w)
-            self._features = rows[max(0, len(rows) - (w - 1)) :].copy()
+            self._features = rows[max(0, len(rows) - (w - 1)) :]
         stamps = None if times is None else times[:n]
         return self._batch(first_window, steps, step_features, stamps)
 
@@ -506,14 +515,15 @@ def _step_means(history: np.ndarray, k: int, n: int, w: int) -> np.ndarray:
 
 
 def _mean(a: np.ndarray) -> np.ndarray:
-    """The mean of a's rows in float64, by the same reduction as _means."""
-    return np.add.reduce(a.astype(np.float64), axis=0) / len(a)
+    """The mean of the rows of a (float64), by the same reduction as _means."""
+    return np.add.reduce(a, axis=0) / len(a)
 
 
 def _means(a: np.ndarray, w: int) -> np.ndarray:
-    """The mean of each run of w consecutive rows of a, each as _mean computes it."""
+    """The mean of each run of w consecutive rows of a (float64), each as _mean
+    computes it: over a contiguous copy of the run."""
     runs = np.lib.stride_tricks.sliding_window_view(a, w, axis=0)  # (m, ..., w)
-    runs = np.moveaxis(runs, -1, 1).astype(np.float64)  # (m, w, ...), a copy
+    runs = np.ascontiguousarray(np.moveaxis(runs, -1, 1))  # (m, w, ...)
     return np.add.reduce(runs, axis=1) / w
 
 

@@ -118,8 +118,11 @@ def test_nab_series_as_they_are(data_dir):
     with pytest.raises(InputError, match="timestamps must increase"):
         read_series(nab / "realKnownCause__machine_temperature_system_failure.csv")
     taxi = read_series(nab / "realKnownCause__nyc_taxi.csv")
-    assert dominant_period(taxi.values) == 48  # a day of half hours
-    assert auto_window(np.random.default_rng(0).standard_normal((500, 1))) == 64  # no period
+    assert dominant_period(taxi.values, (8, 256)) == 48  # a day of half hours
+    assert dominant_period(taxi.values) == 336  # a week of them stands higher
+    assert auto_window(taxi.values) == 336
+    assert auto_window(pump(2000)) == 64  # a 24-step cycle: at least 64
+    assert auto_window(np.random.default_rng(0).standard_normal((500, 1))) == 128  # no period
 
 
 # -- the windowed model ------------------------------------------------------------------
@@ -175,9 +178,13 @@ def test_a_score_per_step_streamed_bit_for_bit(pump_bundle, rule, tmp_path):
         assert (last is None) == (rule == "window_end")
         got += [] if last is None else [last.scores]
         assert np.array_equal(np.concatenate(got), whole)
-        pieces = model.stream(samples=samples)
+        pieces = model.stream(samples=samples, per_feature=True)
         chunks = [pieces.push(c) for c in np.array_split(x, [3, 40, 41, 250])] + [pieces.finish()]
         assert np.array_equal(np.concatenate([c.scores for c in chunks if c]), whole)
+        one_by_one = model.stream(samples=samples, per_feature=True)
+        features = [one_by_one.push(r) for r in x] + [one_by_one.finish()]
+        features = np.concatenate([b.feature_losses for b in features if b])
+        assert np.array_equal(features, np.concatenate([c.feature_losses for c in chunks if c]))
     whole = model.score(x)
     if rule == "window_end":  # the first W - 1 steps take the first window's score
         assert (whole[: WINDOW - 1] == windows[0]).all()
@@ -259,7 +266,7 @@ def test_cli_train_score_stream(tmp_path, pump_bundle):
     r = run_cli("train", "--data", csv, "--out", tmp_path / "run", "--window", "auto",
                 "--epochs", "3", "--quiet")  # fmt: skip
     assert r.returncode == 0, r.stderr
-    assert "windows of 24 steps x 5 channel(s)" in r.stdout  # the pump's 24-step cycle
+    assert "windows of 64 steps x 5 channel(s)" in r.stdout  # the pump's cycle, at least 64
 
     r = run_cli("score", "--model", pump_bundle, csv, "--per-feature", "-o", tmp_path / "s.csv")
     assert r.returncode == 0, r.stderr
