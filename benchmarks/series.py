@@ -356,8 +356,8 @@ def write(results: dict, latency: dict | None, seconds: float, designs: bool) ->
         lines += ["", "## Streaming, one reading at a time (one thread)", "",
                   f"Window {latency['window']}, {latency['readings']} readings: "
                   f"StepScorer.push p50 {latency['push_p50_us']:.1f} us, p99 "
-                  f"{latency['push_p99_us']:.1f} us; bare onnxruntime floor (one window at "
-                  f"batch 1, the same score) p50 {latency['floor_p50_us']:.1f} us, p99 "
+                  f"{latency['push_p99_us']:.1f} us; bare onnxruntime floor (one window's "
+                  f"score at batch 1, by hand) p50 {latency['floor_p50_us']:.1f} us, p99 "
                   f"{latency['floor_p99_us']:.1f} us: **{latency['ratio_p50']:.2f}x** at p50. "
                   f"Bundle {latency['bundle_bytes'] / 1000:.0f} kB."]  # fmt: skip
     (RESULTS / f"{name}.md").write_text("\n".join(lines) + "\n")
