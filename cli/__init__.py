@@ -697,7 +697,7 @@ def _series_line(spec) -> str:
     stamps = (f", timestamps {spec.timestamp!r} every {spec.step_seconds} s"
               if spec.timestamp else ", no timestamps")  # fmt: skip
     return (f"series        windows of {spec.window} steps x {len(spec.channels)} channel(s) "
-            f"({', '.join(spec.channels)}), trained every {spec.stride}{stamps}; a step "
+            f"({', '.join(spec.channels)}), training stride {spec.stride}{stamps}; a step "
             f"scores as its {spec.step_score.replace('_', ' ')}")  # fmt: skip
 
 

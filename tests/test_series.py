@@ -234,6 +234,16 @@ def test_stream_memory_is_constant_over_a_million_readings(pump_bundle):
     tracemalloc.stop()
     assert scorer.steps == 1_000_000
     assert peaks[1] <= peaks[0] * 1.05  # no growth from 100k to 1M readings
+    one_by_one = model.stream()
+    readings = pump(20_000, seed=5)
+    tracemalloc.start()
+    for i, reading in enumerate(readings):  # the one-reading path keeps views, not copies
+        one_by_one.push(reading)
+        if i == 1999:
+            early = tracemalloc.get_traced_memory()[0]
+    late = tracemalloc.get_traced_memory()[0]
+    tracemalloc.stop()
+    assert late <= early + 4096  # what is held after 2,000 readings and after 20,000
 
 
 def test_calibrate_evaluate_and_detector_per_step(pump_bundle, tmp_path):
