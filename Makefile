@@ -106,7 +106,7 @@ bench-series: $(BIN)/python
 	test -x $(SERIES_VENV)/bin/python || $(PYTHON) -m venv $(SERIES_VENV)
 	$(SERIES_VENV)/bin/pip install -q 'numpy<2' torch==2.13.0 scipy 'scikit-learn<1.6' statsmodels pandas joblib hurst tqdm torchinfo matplotlib
 	$(SERIES_VENV)/bin/pip install -q --no-deps tsb-ad==1.5
-	$(SERIES_VENV)/bin/pip install -q -e '.[train]'
+	$(SERIES_VENV)/bin/pip install -q -e '.[train]' 'numpy<2'
 	$(SERIES_VENV)/bin/python benchmarks/series.py
 
 # Which onnxruntime releases load the bundles (shipped, MLP and conv, fp32/int8/fp16) and

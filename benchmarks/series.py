@@ -12,10 +12,12 @@ timestamps, as TSB-AD reads them.
 Runs in a throwaway environment (`make bench-series` builds it): tsb-ad 1.5 installed
 with --no-deps beside what its modules import, torch pinned, and vae-edge itself.
 
-    python benchmarks/series.py [--series NAME ...] [--designs] [--skip-donut]
+    python benchmarks/series.py [--series NAME ...] [--designs window|architecture] [--skip-donut]
 
---designs also scores the design choices (window rule, step-score rule, score type) and
-writes them to series-designs.{json,md}: how the defaults were chosen.
+--designs scores design choices against each other instead of the peers: the window rule,
+step-score rule and score type (window: series-designs.{json,md}), or the MLP's sizes at
+the default window and rule (architecture: series-architectures.{json,md}); how the
+defaults were chosen.
 """
 
 from __future__ import annotations
@@ -65,14 +67,14 @@ def load(name: str, folder: Path) -> tuple[np.ndarray, np.ndarray]:
 # -- vae-edge -------------------------------------------------------------------------------
 
 
-def vae_edge_window_scores(values: np.ndarray, split: int, window, work: Path):
-    """Train on the first `split` steps (the product's defaults but the window), export,
-    and return the bundle's model and its window scores of every kind over the series."""
+def vae_edge_window_scores(values: np.ndarray, split: int, window, work: Path, **options):
+    """Train on the first `split` steps (the product's defaults but the window and any
+    TrainOptions given), export, and return the bundle's model."""
     from vae_edge.export.onnx_export import export_run
     from vae_edge.runtime import EdgeVAE
     from vae_edge.training.train import fit_series
 
-    model, config = fit_series(values[:split], window)
+    model, config = fit_series(values[:split], window, **options)
     run = work / "run"
     run.mkdir(parents=True, exist_ok=True)
     import torch
@@ -130,6 +132,8 @@ DESIGNS = (
     (256, "elbo", ("mean", "trailing")),
     ("period", "elbo", ("mean", "trailing")),
 )
+# (hidden, latent) of the MLPs compared by --designs architecture; the default is (128,), 8.
+ARCHITECTURES = (((64,), 8), ((256,), 8), ((128,), 4), ((128,), 16), ((128, 128), 8))
 
 
 # -- peers ----------------------------------------------------------------------------------
@@ -198,7 +202,12 @@ def run_series(name: str, folder: Path, designs: bool, skip_donut: bool) -> dict
         scores[DEFAULT] = step_scores(model, values, None)
         seconds[DEFAULT] = time.perf_counter() - t0
         window = model.manifest.series.window
-        if designs:
+        if designs == "architecture":
+            for hidden, latent in ARCHITECTURES:
+                other = vae_edge_window_scores(values, split, "auto", Path(tmp) / "arch",
+                                               hidden=hidden, latent_dim=latent)  # fmt: skip
+                scores[f"hidden {hidden} latent {latent}"] = step_scores(other, values, None)
+        elif designs:
             for window, score_type, rules in DESIGNS:
                 size = period_window(values[:split], 64, 128) if window == "period" else window
                 if size != model.manifest.series.window:
@@ -317,7 +326,9 @@ def write(results: dict, latency: dict | None, seconds: float, designs: bool) ->
     table = {"environment": env, "mean": means, "series": results, "streaming": latency}
     table["wins_vus_pr"] = {m: wins(results, DEFAULT, m) for m in methods[1:]}
     table["wins_auroc"] = {m: wins(results, DEFAULT, m, "auroc") for m in methods[1:]}
-    name = "series-designs" if designs else "series"
+    name = {"window": "series-designs", "architecture": "series-architectures"}.get(
+        designs, "series"
+    )
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / f"{name}.json").write_text(
         json.dumps(table, indent=1, default=lambda o: o.item()) + "\n"
@@ -365,11 +376,10 @@ def write(results: dict, latency: dict | None, seconds: float, designs: bool) ->
 
 
 def _designs_table(results: dict) -> list[str]:
-    keys = [k for k in next(iter(results.values()))["metrics"] if k[0].isdigit() or
-            k.startswith(("auto ", "period "))]  # fmt: skip
+    keys = [k for k in next(iter(results.values()))["metrics"] if k not in PEERS]
     means = summary(results, keys)
     best = max(keys, key=lambda k: means[k]["vus_pr"])
-    lines = ["## Design choices (window rule, score, step rule)", "",
+    lines = ["## Design choices", "",
              "| design | mean VUS-PR | mean AUROC | wins over the best (VUS-PR) |",
              "| --- | --- | --- | --- |"]  # fmt: skip
     for k in sorted(keys, key=lambda k: -means[k]["vus_pr"]):
@@ -411,7 +421,7 @@ def plot(name: str, folder: Path, results_png: Path) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--series", nargs="*")
-    parser.add_argument("--designs", action="store_true")
+    parser.add_argument("--designs", choices=("window", "architecture"))
     parser.add_argument("--skip-donut", action="store_true")
     args = parser.parse_args()
     folder = data_dir()
