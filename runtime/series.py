@@ -257,13 +257,6 @@ def common_step(timestamps: np.ndarray) -> int | None:
     return int(values[np.argmax(counts)])
 
 
-def stream_lines(lines: Iterable[str], reader: SeriesReader, first_line_no: int):
-    """(values (n, C), timestamps or None) for each line, missing steps put back."""
-    for number, line in enumerate(lines, first_line_no):
-        if line.strip():
-            yield reader.parse([line], number)
-
-
 def _cells(line: str) -> list[str]:
     return next(csv.reader(io.StringIO(line.rstrip("\r\n"))), [])
 
