@@ -94,9 +94,7 @@ class SeriesReader:
                 columns = model.channels
             if timestamp is None and model.timestamp in names:
                 timestamp = model.timestamp
-        if timestamp == NO_TIMESTAMP:
-            t_index = None
-        elif timestamp is not None:
+        if timestamp not in (None, NO_TIMESTAMP):
             t_index = _column(names, timestamp, where, "--timestamp")
         else:
             lowered = [n.lower() for n in names]
@@ -107,6 +105,8 @@ class SeriesReader:
             value_index = [_column(names, c, where, "--columns") for c in columns]
         else:
             value_index = [i for i in range(len(names)) if i != t_index]
+        if timestamp == NO_TIMESTAMP:  # the timestamp column is neither read nor a value
+            t_index = None
         if not value_index:
             raise InputError(f"{where}: no value columns (only a timestamp)")
         if t_index is not None and t_index in value_index:
@@ -158,7 +158,8 @@ class SeriesReader:
             i = int(back[0])
             raise InputError(
                 f"{self.where}: line {stamps[i][1]}: timestamp {t[i]} is not after the one "
-                f"before ({before[i]}); a series' timestamps must increase"
+                f"before ({before[i]}); a series' timestamps must increase (--timestamp "
+                "none reads the readings in file order)"
             )
         self._last = t[-1]
         if not self.step_seconds:

@@ -88,6 +88,8 @@ def test_series_errors_are_one_line(tmp_path):
     backwards.write_text("\n".join(lines) + "\n")
     with pytest.raises(InputError, match="line 42: timestamp .* is not after the one before"):
         read_series(backwards)
+    in_file_order = read_series(backwards, timestamp="none")  # read as it is, no completion
+    assert in_file_order.timestamps is None and in_file_order.channels == CHANNELS
     mostly = values.copy()
     mostly[: int(len(values) * (MOST_MISSING + 0.1))] = np.nan
     with pytest.raises(InputError, match="60% of the steps are missing"):
