@@ -90,7 +90,8 @@ def step_scores(model, values: np.ndarray, score_type: str) -> np.ndarray:
     from vae_edge.runtime.series import score_series
 
     settings = model.settings(score_type=score_type)
-    return np.concatenate([b.scores for b in score_series(model, [values[:, None]], settings)])
+    batches = score_series(model, [(values[:, None], None)], settings)
+    return np.concatenate([b.scores for b in batches])
 
 
 def step_rules(model, values: np.ndarray, score_type: str) -> dict[str, np.ndarray]:

@@ -377,7 +377,7 @@ def _score_series(model, input_path, settings, per_feature, output, columns, tim
 
     from vae_edge.runtime.errors import InputError
     from vae_edge.runtime.output import write_scores
-    from vae_edge.runtime.series import MOST_MISSING, SeriesReader
+    from vae_edge.runtime.series import MOST_MISSING, SeriesReader, score_series
 
     spec = model.manifest.series
     where = "standard input" if str(input_path) == "-" else str(input_path)
@@ -399,23 +399,16 @@ def _score_series(model, input_path, settings, per_feature, output, columns, tim
         rest = lines if header else itertools.chain([first], lines)
         chunks = _chunked(rest, 1 if stream else 4096, first_line_no=1 + header)
         pieces = (reader.parse(chunk, line_no) for line_no, chunk in chunks)
-    scorer = model.stream(settings.score_type, settings.samples, settings.seed,
-                          settings.threshold, per_feature)  # fmt: skip
     missing = [0, 0]
 
-    def batches():
+    def counted(pieces):
         for values, times in pieces:
             missing[0] += int(np.isnan(values).any(axis=1).sum())
             missing[1] += len(values)
-            batch = scorer.push(values, times)
-            if batch is not None:
-                yield batch
-        if scorer.steps < spec.window:
-            raise InputError(f"{where}: {scorer.steps} steps, fewer than the model's window "
-                             f"({spec.window})")  # fmt: skip
-        last = scorer.finish()  # window_mean's last W - 1 steps, known at the end
-        if last is not None:
-            yield last
+            yield values, times
+
+    def batches():
+        yield from score_series(model, counted(pieces), settings, per_feature, where)
         if output is not None and missing[0] > MOST_MISSING * missing[1]:
             raise InputError(f"{where}: {missing[0] / missing[1]:.0%} of the steps are "
                              f"missing; at most {MOST_MISSING:.0%} may be")  # fmt: skip

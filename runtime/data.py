@@ -18,6 +18,7 @@ import numpy as np
 
 from vae_edge.runtime.errors import InputError
 from vae_edge.runtime.manifest import is_channels_first
+from vae_edge.runtime.series import is_timestamp
 
 SUFFIXES = (".npz", ".npy", ".csv", ".png")
 
@@ -202,7 +203,7 @@ def _parse_csv_lines(path: Path, lines: list[str], first_line_no: int, columns) 
             try:
                 float(cell)
             except ValueError:
-                if _is_timestamp(cell):
+                if is_timestamp(cell):
                     raise InputError(
                         f"{path}: line {number}: {cell.strip()!r} is a timestamp: a series? "
                         "train a windowed model with --window (and score with it)"
@@ -215,14 +216,6 @@ def _parse_csv_lines(path: Path, lines: list[str], first_line_no: int, columns) 
             raise InputError(f"{path}: line {number} has {len(cells)} values, not {columns}")
         columns = len(cells)
     raise InputError(f"{path}: not a numeric CSV file")
-
-
-def _is_timestamp(cell: str) -> bool:
-    try:
-        np.datetime64(cell.strip().replace("T", " ").rstrip("Z"), "s")
-    except ValueError:
-        return False
-    return True
 
 
 def _is_numeric_row(line: str) -> bool:

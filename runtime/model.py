@@ -33,7 +33,7 @@ from vae_edge.runtime.scoring import (
     scores_at_mean,
     scores_over_draws,
 )
-from vae_edge.runtime.series import StepScorer
+from vae_edge.runtime.series import StepScorer, score_series
 
 __all__ = ["EdgeVAE", "ScoreSettings", "ScoredBatch", "default_model_dir", "verify_bundle"]
 
@@ -244,20 +244,13 @@ class EdgeVAE:
 
     def _steps(self, x, settings: ScoreSettings, per_feature: bool = False) -> ScoredBatch:
         """A windowed model's scores of a whole series x (T,) or (T, C): one per step."""
-        x = _as_array(x, "series")
-        scorer = StepScorer(self, settings, per_feature)
-        batch = scorer.push(x)
-        if batch is None:
-            raise InputError(f"the series has {len(x)} steps, fewer than the model's window "
-                             f"({self.manifest.series.window})")  # fmt: skip
-        last = scorer.finish()
-        if last is None:
-            return batch
-        parts = [batch, last]
+        parts = list(score_series(self, [(_as_array(x, "series"), None)], settings, per_feature))
+        if len(parts) == 1:
+            return parts[0]
         return ScoredBatch(
             0,
             np.concatenate([b.scores for b in parts]),
-            None if batch.is_anomaly is None else np.concatenate([b.is_anomaly for b in parts]),
+            None if parts[0].is_anomaly is None else np.concatenate([b.is_anomaly for b in parts]),
             None if not per_feature else np.concatenate([b.feature_losses for b in parts]),
         )
 
@@ -373,8 +366,7 @@ class EdgeVAE:
     def _prepare(self, x: np.ndarray, start: int) -> Prepared:
         """Check values (finite) and hand rows to the likelihood; `start` is the index of
         x[0] in the whole input, for the error message."""
-        series = self.manifest.series is not None
-        if series:
+        if self.manifest.series is not None:
             batch = self.likelihood.prepare(x)
             if (batch.missing is not None or batch.target is not None) and np.isinf(x).any():
                 i, position, channel = np.argwhere(np.isinf(x))[0]

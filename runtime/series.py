@@ -87,7 +87,7 @@ class SeriesReader:
         like TIMESTAMP_NAMES, else a first column that is not a number. model: a windowed
         model's SeriesSpec, whose channel count the columns must match."""
         cells = _cells(first_line)
-        header = not all(_is_number(c) or _is_time(c) or _is_missing(c) for c in cells)
+        header = not all(_is_number(c) or is_timestamp(c) or _is_missing(c) for c in cells)
         names = [c.strip() for c in cells] if header else [str(i) for i in range(len(cells))]
         if model is not None:
             if columns is None and set(model.channels) <= set(names):
@@ -146,7 +146,7 @@ class SeriesReader:
         return self._complete(x, stamps)
 
     def _complete(self, x: np.ndarray, stamps) -> tuple[np.ndarray, np.ndarray]:
-        """Donut's timestamp completion: a gap of k steps gets k - 1 missing steps back."""
+        """Refuse timestamps that do not increase; then fill_gaps on step_seconds."""
         t = np.array([s for s, _ in stamps], "datetime64[s]")
         if not len(t):
             return x, t
@@ -161,23 +161,31 @@ class SeriesReader:
                 f"before ({before[i]}); a series' timestamps must increase (--timestamp "
                 "none reads the readings in file order)"
             )
-        self._last = t[-1]
+        previous, self._last = self._last, t[-1]
         if not self.step_seconds:
             return x, t
-        # Readings less than a step apart count as consecutive steps.
-        steps = np.maximum(np.rint((t - before).astype(np.int64) / self.step_seconds), 1)
-        steps = steps.astype(np.int64)
-        if first:
-            steps[0] = 1
-        if (steps == 1).all():
-            return x, t
-        position = np.cumsum(steps) - 1
-        out = np.full((position[-1] + 1, x.shape[1]), np.nan)
-        out[position] = x
-        step = np.timedelta64(self.step_seconds, "s")
-        times = t[0] - (steps[0] - 1) * step + np.arange(len(out)) * step
-        times[position] = t
-        return out, times
+        return fill_gaps(x, t, self.step_seconds, previous)
+
+
+def fill_gaps(x: np.ndarray, t: np.ndarray, step_seconds: int, previous=None):
+    """Donut's timestamp completion of readings x (n, C) at increasing timestamps t (n,): a
+    gap of k steps gets k - 1 missing steps back. previous: the timestamp before t[0] (a
+    stream's last), None at the start. Readings less than a step apart count as
+    consecutive steps."""
+    before = np.concatenate([[t[0] if previous is None else previous], t[:-1]])
+    steps = np.maximum(np.rint((t - before).astype(np.int64) / step_seconds), 1)
+    steps = steps.astype(np.int64)
+    if previous is None:
+        steps[0] = 1
+    if (steps == 1).all():
+        return x, t
+    position = np.cumsum(steps) - 1
+    out = np.full((position[-1] + 1, x.shape[1]), np.nan)
+    out[position] = x
+    step = np.timedelta64(step_seconds, "s")
+    times = t[0] - (steps[0] - 1) * step + np.arange(len(out)) * step
+    times[position] = t
+    return out, times
 
 
 def read_series(path: str | Path, columns=None, timestamp=None, model=None) -> Series:
@@ -232,18 +240,14 @@ def _csv_series(path: Path, columns, timestamp, model) -> Series:
     reader, header = SeriesReader.for_header(str(path), lines[0], columns, timestamp,
                                              model=model)  # fmt: skip
     body = lines[1:] if header else lines
-    step_seconds = model.step_seconds if model is not None else None
-    if reader.timestamp_index is not None and step_seconds is None:
-        stamps = [
-            _timestamp(_cells(line)[reader.timestamp_index], str(path), n)
-            for n, line in enumerate(body, 1 + header)
-            if line.strip()
-        ]
-        step_seconds = common_step(np.array(stamps, "datetime64[s]"))
-    reader.step_seconds = step_seconds
-    values = reader.parse(body, 1 + header)
-    x, times = values
+    reader.step_seconds = model.step_seconds if model is not None else None
+    x, times = reader.parse(body, 1 + header)
     n_read = sum(1 for line in body if line.strip())
+    step_seconds = reader.step_seconds
+    if times is not None and step_seconds is None:  # the series' own step, from all of it
+        step_seconds = common_step(times)
+        if step_seconds:
+            x, times = fill_gaps(x, times, step_seconds)
     return Series(x, reader.channels, times, reader.timestamp_column, step_seconds,
                   put_back=len(x) - n_read)  # fmt: skip
 
@@ -276,9 +280,10 @@ def _is_number(cell: str) -> bool:
     return True
 
 
-def _is_time(cell: str) -> bool:
+def is_timestamp(cell: str) -> bool:
+    """A date and time as _timestamp reads them (not a number)."""
     try:
-        np.datetime64(cell.strip(), "s")
+        _date_time(cell)
     except ValueError:
         return False
     return True
@@ -309,9 +314,14 @@ def _timestamp(cell: str, where: str, line: int) -> np.datetime64:
     try:
         if _is_number(cell):  # seconds since the epoch
             return np.datetime64(int(float(cell)), "s")
-        return np.datetime64(cell.replace("T", " ").rstrip("Z"), "s")
+        return _date_time(cell)
     except ValueError:
         raise InputError(f"{where}: line {line}: {cell!r} is not a timestamp") from None
+
+
+def _date_time(cell: str) -> np.datetime64:
+    """ISO 8601, `2014-04-10 07:15:00` or `2014-04-10T07:15:00Z`; ValueError otherwise."""
+    return np.datetime64(cell.strip().replace("T", " ").rstrip("Z"), "s")
 
 
 # -- windows ------------------------------------------------------------------------------
@@ -525,18 +535,19 @@ def _joined(parts: list[np.ndarray]) -> np.ndarray:
     return parts[0] if len(parts) == 1 else np.concatenate(parts)
 
 
-def score_series(model, chunks: Iterable, settings, per_feature: bool = False,
-                 timestamps: Iterable | None = None) -> Iterator[ScoredBatch]:  # fmt: skip
-    """Step scores of a series given as chunks of readings (n, C), through StepScorer."""
+def score_series(model, pieces: Iterable, settings, per_feature: bool = False,
+                 where: str = "the series") -> Iterator[ScoredBatch]:  # fmt: skip
+    """Step scores of a whole series given as pieces (readings (n, C), timestamps (n,) or
+    None), through one StepScorer, its last steps (finish) included. `where` names the
+    series in the error for one shorter than the window."""
     scorer = StepScorer(model, settings, per_feature)
-    times = iter(timestamps) if timestamps is not None else None
-    for chunk in chunks:
-        batch = scorer.push(chunk, next(times) if times is not None else None)
+    for values, timestamps in pieces:
+        batch = scorer.push(values, timestamps)
         if batch is not None:
             yield batch
-    if scorer.steps and scorer.steps < scorer.window:
-        raise InputError(f"the series has {scorer.steps} steps, fewer than the model's "
-                         f"window ({scorer.window})")  # fmt: skip
+    if scorer.steps < scorer.window:
+        raise InputError(f"{where}: {scorer.steps} steps, fewer than the model's window "
+                         f"({scorer.window})")  # fmt: skip
     last = scorer.finish()
     if last is not None:
         yield last
