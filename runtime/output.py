@@ -103,9 +103,10 @@ def _jsonl_rows(batch: ScoredBatch) -> str:
         stamps = np.datetime_as_string(batch.timestamps).tolist()
     lines = []
     for i, score in enumerate(batch.scores.tolist()):
-        row = {"index": batch.start + i, "score": score}
+        row = {"index": batch.start + i}
         if stamps is not None:
-            row = {"index": batch.start + i, "timestamp": stamps[i], "score": score}
+            row["timestamp"] = stamps[i]
+        row["score"] = score
         if flags is not None:
             row["is_anomaly"] = flags[i]
         if features is not None:

@@ -122,22 +122,24 @@ def choose_likelihood(x: np.ndarray, likelihood: str | None = None) -> tuple[str
     if likelihood != "gaussian":
         raise InputError(f"unknown likelihood {likelihood!r} (use bernoulli or gaussian)")
     flat = x.reshape(len(x), -1).astype(np.float64)
-    mean, std = flat.mean(axis=0), flat.std(axis=0)
-    # A column held nearly constant: a spread below float32's resolution of its mean would
-    # turn rounding into standard deviations (the runtime computes in float32), so it is
-    # floored at RELATIVE_STD_FLOOR of the mean. A constant column keeps std 1 (it stays
-    # at 0, and a new value is measured in the data's units).
+    return likelihood, _standardize(flat.mean(axis=0), flat.std(axis=0))
+
+
+def _standardize(mean: np.ndarray, std: np.ndarray) -> Preprocessing:
+    """(x - mean) / std per feature. A feature held nearly constant: a spread below
+    float32's resolution of its mean would turn rounding into standard deviations (the
+    runtime computes in float32), so it is floored at RELATIVE_STD_FLOOR of the mean. A
+    constant one keeps std 1 (it stays at 0, and a new value is measured in the data's
+    units)."""
     std = np.where(std > 0, np.maximum(std, RELATIVE_STD_FLOOR * np.abs(mean)), 1.0)
-    return likelihood, Preprocessing(kind="standardize", mean=mean.tolist(), std=std.tolist())
+    return Preprocessing(kind="standardize", mean=mean.tolist(), std=std.tolist())
 
 
 def series_preprocessing(windows: np.ndarray) -> Preprocessing:
     """Standardisation per channel (the last axis of windows (N, W, C)), missing readings
     left out, std floored as for tables (choose_likelihood)."""
     flat = windows.reshape(-1, windows.shape[-1]).astype(np.float64)
-    mean, std = np.nanmean(flat, axis=0), np.nanstd(flat, axis=0)
-    std = np.where(std > 0, np.maximum(std, RELATIVE_STD_FLOOR * np.abs(mean)), 1.0)
-    return Preprocessing(kind="standardize", mean=mean.tolist(), std=std.tolist())
+    return _standardize(np.nanmean(flat, axis=0), np.nanstd(flat, axis=0))
 
 
 def is_binary(x: np.ndarray) -> bool:
