@@ -320,8 +320,12 @@ def _timestamp(cell: str, where: str, line: int) -> np.datetime64:
 
 
 def _date_time(cell: str) -> np.datetime64:
-    """ISO 8601, `2014-04-10 07:15:00` or `2014-04-10T07:15:00Z`; ValueError otherwise."""
-    return np.datetime64(cell.strip().replace("T", " ").rstrip("Z"), "s")
+    """ISO 8601, `2014-04-10 07:15:00` or `2014-04-10T07:15:00Z`; ValueError otherwise
+    (an empty cell or `NaT` too: NumPy reads them as not-a-time)."""
+    t = np.datetime64(cell.strip().replace("T", " ").rstrip("Z"), "s")
+    if np.isnat(t):
+        raise ValueError(cell)
+    return t
 
 
 # -- windows ------------------------------------------------------------------------------

@@ -100,6 +100,9 @@ def test_series_errors_are_one_line(tmp_path):
     bad.write_text("timestamp,value\n2024-01-01 00:00:00,1\n2024-01-01 00:01:00,abc\n")
     with pytest.raises(InputError, match="line 3: 'abc' is not a number"):
         read_series(bad)
+    bad.write_text("timestamp,value\n2024-01-01 00:00:00,1\n,2\n")  # a reading with no time
+    with pytest.raises(InputError, match="line 3: '' is not a timestamp"):
+        read_series(bad)
 
 
 def test_npy_series_and_plain_csv(tmp_path):
