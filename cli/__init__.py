@@ -122,7 +122,7 @@ def cli():
 @click.option("--timestamp", help="A series' timestamp column, or 'none' (default: a "
               "column named timestamp, time, datetime or date, else a first column of "
               "dates).")  # fmt: skip
-@click.option("--quiet", is_flag=True, help="No progress bar or per-epoch lines.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bar or per-epoch lines.")
 def train(data, run_dir, hidden, quiet, window, stride, columns, timestamp, **options):
     """Train a VAE (needs the `train` extra) and write RUN_DIR."""
     train_module = _train_extra("vae_edge.training.train")
@@ -273,7 +273,8 @@ def reconstruct(model_dir, input_path, n, seed, output, device, threads):
 @complexity_option
 @click.option("--seed", type=click.IntRange(min=0), help="NumPy noise seed (default 0).")
 @click.option("--batch-size", type=click.IntRange(min=1), default=1024, show_default=True)
-@click.option("--threshold", type=float, help="Flag scores above this (overrides the model's).")
+@click.option("--threshold", type=float, help="Flag scores above this (overrides the model's); "
+              "a windowed model: likelihoods above this, in [0, 1].")  # fmt: skip
 @click.option("--per-feature", is_flag=True,
               help="Add each feature's reconstruction loss (CSV / JSONL).")  # fmt: skip
 @click.option("-o", "--output", type=click.Path(path_type=Path),
@@ -346,8 +347,8 @@ def score(model_dir, input_path, score_type, samples, complexity, seed, batch_si
         given = [name for name, value in ray_only.items() if value and name != "--columns"]
         if given:
             raise click.UsageError(f"{given[0]} needs --engine ray")
-        _score_series(model, input_path, settings, per_feature, output, _names(columns) or None,
-                      timestamp, stream)  # fmt: skip
+        _score_series(model, input_path, settings, threshold, per_feature, output,
+                      _names(columns) or None, timestamp, stream)  # fmt: skip
         return
     given = [name for name, value in ray_only.items() if value]
     if given:
@@ -367,53 +368,35 @@ def score(model_dir, input_path, score_type, samples, complexity, seed, batch_si
         raise
 
 
-def _score_series(model, input_path, settings, per_feature, output, columns, timestamp,
-                  stream) -> None:  # fmt: skip
-    """A windowed model's scores, one row per step, read and written piece by piece: memory
-    stays that of one piece and the window, however long the series."""
-    import itertools
-
-    import numpy as np
-
+def _score_series(model, input_path, settings, threshold, per_feature, output, columns,
+                  timestamp, stream) -> None:  # fmt: skip
+    """A windowed model's results, a row per reading: the lines of INPUT piped through one
+    SeriesStream (a line at a time with --stream, else in chunks: the same numbers), its
+    report on stderr at the end."""
     from vae_edge.runtime.errors import InputError
     from vae_edge.runtime.output import write_scores
-    from vae_edge.runtime.series import MOST_MISSING, SeriesReader, score_series
+    from vae_edge.runtime.series import SeriesStream, read_series
 
-    spec = model.manifest.series
     where = "standard input" if str(input_path) == "-" else str(input_path)
-    if where != "standard input" and input_path.suffix.lower() not in (".csv", ".npy"):
+    suffix = "" if where == "standard input" else input_path.suffix.lower()
+    if where != "standard input" and suffix not in (".csv", ".npy"):
         raise InputError(f"{where}: a windowed model scores a series: .csv, .npy, or - for "
                          "standard input")  # fmt: skip
-    if where != "standard input" and input_path.suffix.lower() == ".npy":
-        from vae_edge.runtime.series import read_series
-
-        values = read_series(input_path, columns, timestamp, model=spec).values
-        pieces = iter([(values, None)])
-    else:
-        lines = _series_lines(input_path, where)
-        first = next(lines, None)
-        if first is None or not first.strip():
-            raise click.ClickException(f"{where}: no readings")
-        reader, header = SeriesReader.for_header(where, first, columns, timestamp,
-                                                 spec.step_seconds, model=spec)  # fmt: skip
-        rest = lines if header else itertools.chain([first], lines)
-        chunks = _chunked(rest, 1 if stream else 4096, first_line_no=1 + header)
-        pieces = (reader.parse(chunk, line_no) for line_no, chunk in chunks)
-    missing = [0, 0]
-
-    def counted(pieces):
-        for values, times in pieces:
-            missing[0] += int(np.isnan(values).any(axis=1).sum())
-            missing[1] += len(values)
-            yield values, times
+    scorer = SeriesStream(model, settings, threshold=threshold, per_feature=per_feature,
+                          columns=columns, timestamp=timestamp, where=where)  # fmt: skip
 
     def batches():
-        yield from score_series(model, counted(pieces), settings, per_feature, where)
-        if output is not None and missing[0] > MOST_MISSING * missing[1]:
-            raise InputError(f"{where}: {missing[0] / missing[1]:.0%} of the steps are "
-                             f"missing; at most {MOST_MISSING:.0%} may be")  # fmt: skip
+        if suffix == ".npy":
+            pieces = [scorer.push(read_series(input_path, columns, timestamp).values)]
+        else:
+            lines = _series_lines(input_path, where)
+            pieces = (scorer.push_lines(chunk) for chunk in _chunked(lines, 1 if stream else 4096))
+        yield from (batch for batch in pieces if batch is not None)
+        scorer.close(whole=not stream)
 
-    write_scores(batches(), output, sys.stdout, feature_names=spec.channels, flush=stream)
+    write_scores(batches(), output, sys.stdout, feature_names=model.manifest.series.channels,
+                 flush=stream)  # fmt: skip
+    click.echo(f"{where}: {scorer.report}", err=True)
 
 
 def _series_lines(input_path, where):
@@ -426,13 +409,12 @@ def _series_lines(input_path, where):
     return iter(f)
 
 
-def _chunked(lines, size: int, first_line_no: int):
-    """(number of the first line, lines) for each run of `size` lines."""
+def _chunked(lines, size: int):
+    """Runs of `size` lines."""
     import itertools
 
     while chunk := list(itertools.islice(lines, size)):
-        yield first_line_no, chunk
-        first_line_no += len(chunk)
+        yield chunk
 
 
 def _names(text: str | None) -> list[str]:
@@ -507,14 +489,33 @@ class _NoProgress:
               help="z draws per sample. Default: the model's.")  # fmt: skip
 @complexity_option
 @seed_option
+@click.option("--columns", help="A windowed model's CSV: its channels' columns (default: the "
+              "names it was trained with).")  # fmt: skip
+@click.option("--timestamp", help="A windowed model's CSV: the timestamp column, or 'none' "
+              "(default: the one it was trained with, else as train finds it).")  # fmt: skip
 def calibrate(model_dir, data_path, quantile, contamination, score_type, samples, complexity,
-              seed):  # fmt: skip
-    """Set the model's anomaly threshold from data; stored in its vae.json."""
+              seed, columns, timestamp):  # fmt: skip
+    """Set the model's anomaly threshold from data; stored in its vae.json. A windowed
+    model: its alarm threshold on the likelihood (kept, unless --quantile or
+    --contamination), and the alarms DATA raises under it."""
     from vae_edge.runtime import anomaly
 
     if quantile is not None and contamination is not None:
         raise click.UsageError("give --quantile or --contamination, not both")
     model = _load(model_dir, "cpu", None)
+    if model.manifest.series is not None:
+        from vae_edge.runtime.series import read_series
+
+        values = read_series(data_path, _names(columns) or None, timestamp,
+                             model=model.manifest.series).values  # fmt: skip
+        value, rule, flags = anomaly.calibrate_alarm(model, values, quantile, contamination)
+        anomaly.write_alarm_threshold(model_dir, value)
+        click.echo(f"alarm threshold {value:.6g} on the likelihood ({rule}) written to "
+                   f"{model_dir / 'vae.json'}; {int(flags.sum())} alarms in the "
+                   f"{len(flags)} steps of {data_path}")  # fmt: skip
+        return
+    if columns or timestamp:
+        raise click.UsageError("--columns and --timestamp are for windowed models")
     t = anomaly.calibrate(model, _samples_for(model, data_path), quantile, contamination,
                           score_type, samples, seed, complexity)  # fmt: skip
     anomaly.write_threshold(model_dir, t)
@@ -690,8 +691,9 @@ def _series_line(spec) -> str:
     stamps = (f", timestamps {spec.timestamp!r} every {spec.step_seconds} s"
               if spec.timestamp else ", no timestamps")  # fmt: skip
     return (f"series        windows of {spec.window} steps x {len(spec.channels)} channel(s) "
-            f"({', '.join(spec.channels)}), training stride {spec.stride}{stamps}; a step "
-            f"scores as its {spec.step_score.replace('_', ' ')}")  # fmt: skip
+            f"({', '.join(spec.channels)}), training stride {spec.stride}{stamps}; a reading "
+            f"scores as the window ending at it, alarms at likelihood > "
+            f"{spec.alarm_threshold:g}")  # fmt: skip
 
 
 def _how(score) -> str:

@@ -66,6 +66,41 @@ def calibrate(
     )
 
 
+def calibrate_alarm(model: EdgeVAE, values, quantile: float | None = None,
+                    contamination: float | None = None) -> tuple[float, str, np.ndarray]:
+    """A windowed model's alarm threshold on the likelihood, from a series of normal
+    readings (T,) or (T, C) streamed through it: the `quantile` of the likelihoods it gets
+    once it speaks (or 1 - contamination), else the model's current threshold (the
+    default keeps false alarms rare on any series: a quantile of a short normal stretch
+    would make some alarms certain). Returns the threshold, how it was set, and the
+    alarms that series raises under it."""
+    if quantile is not None and contamination is not None:
+        raise InputError("give either quantile or contamination, not both")
+    spec = model.manifest.series
+    value, rule = spec.alarm_threshold, "unchanged"
+    likelihood = model.stream().push(values).likelihood
+    spoken = likelihood[spec.window - 1 :][likelihood[spec.window - 1 :] > 0]
+    q = 1 - contamination if contamination is not None else quantile
+    if q is not None:
+        if not 0 < q < 1:
+            raise InputError(f"quantile must be in (0, 1), got {q}")
+        if not len(spoken):
+            raise InputError(f"{len(likelihood)} readings leave the likelihood no time to "
+                             "learn: give a longer series")  # fmt: skip
+        value = float(np.quantile(spoken, q))
+        rule = f"quantile {q:g} of {len(spoken)} likelihoods"
+    return value, rule, model.stream(threshold=value).push(values).is_anomaly
+
+
+def write_alarm_threshold(bundle: str | Path, value: float) -> None:
+    """Store a windowed model's alarm threshold (series.alarm_threshold), atomically."""
+    path = Path(bundle) / MANIFEST_FILE
+    manifest = read_manifest(path.read_text(encoding="utf-8"), str(bundle))
+    series = dataclasses.replace(manifest.series, alarm_threshold=float(value))
+    with atomic_output(path) as tmp:
+        tmp.write_text(dataclasses.replace(manifest, series=series).to_json(), encoding="utf-8")
+
+
 def write_threshold(bundle: str | Path, threshold: Threshold | None) -> None:
     """Store (or with None, remove) the threshold in the bundle's vae.json, atomically."""
     path = Path(bundle) / MANIFEST_FILE

@@ -18,7 +18,7 @@ import numpy as np
 
 from vae_edge.runtime.errors import BundleError
 from vae_edge.runtime.scoring import DEFAULT_SCORE_TYPE, SCORE_TYPES
-from vae_edge.runtime.series import STEP_RULES
+from vae_edge.runtime.alarm import ALARM_THRESHOLD
 
 FORMAT_VERSION = 1
 MANIFEST_FILE = "vae.json"
@@ -83,6 +83,15 @@ class Preprocessing:
         with np.errstate(over="ignore"):  # beyond float64: inf, a loss saturated later
             return ((grouped - np.asarray(self.mean)) / np.asarray(self.std)).reshape(x.shape)
 
+    def far_rows(self, x: np.ndarray) -> np.ndarray:
+        """(N,) bool: the samples with a standardised value beyond the clip, as
+        apply_and_clip finds them (a batch holding one is scored in float64)."""
+        if self.kind == "scale":
+            return np.zeros(len(x), bool)
+        with np.errstate(over="ignore", invalid="ignore"):
+            xp = np.abs(self._grouped(np.asarray(x, np.float32)) - self._mean) / self._std
+        return (xp >= STANDARDIZED_LIMIT).reshape(len(x), -1).any(axis=1)
+
     def invert(self, xp: np.ndarray) -> np.ndarray:
         """The encoder's units -> raw units."""
         if self.kind == "scale":
@@ -144,17 +153,17 @@ class Threshold:
 class SeriesSpec:
     """A windowed model's series. Its samples (input_shape) are windows (window, C) of
     consecutive steps of the channels, in this order; stride: the step between training
-    windows (scoring takes every window). step_score: how a step's score is made from its
-    windows (series.STEP_RULES). timestamp: the CSV column the timestamps came from and
-    step_seconds the step they had (gaps of whole steps are put back as missing steps);
-    None for a series without timestamps."""
+    windows (a stream scores the window ending at each reading). timestamp: the CSV column
+    the timestamps came from and step_seconds the step they had (the grid readings are put
+    on); None for a series without timestamps. alarm_threshold: a reading alarms when its
+    anomaly likelihood is above it (alarm.py; `calibrate` sets it)."""
 
     window: int
     stride: int
     channels: list[str]
-    step_score: str = STEP_RULES[0]
     timestamp: str | None = None
     step_seconds: int | None = None
+    alarm_threshold: float = ALARM_THRESHOLD
 
 
 @dataclass(frozen=True)
@@ -361,12 +370,14 @@ def _series(d: Any, shape: list[int]) -> SeriesSpec | None:
         shape == [window, len(channels)],
         f"input_shape must be [window, channels] = [{window}, {len(channels)}] for a series",
     )
-    rule = d.get("step_score", STEP_RULES[0])
-    _check(rule in STEP_RULES, f"unknown series.step_score {rule!r} (known: {STEP_RULES})")
+    # series.step_score, in bundles exported before streams scored causally, is ignored.
     timestamp, step = d.get("timestamp"), d.get("step_seconds")
     _check(timestamp is None or isinstance(timestamp, str), "series.timestamp: a name or null")
     _check(step is None or (_is_int(step) and step > 0), "series.step_seconds: positive or null")
-    return SeriesSpec(window, stride, list(channels), rule, timestamp, step)
+    alarm = d.get("alarm_threshold", ALARM_THRESHOLD)
+    _check(isinstance(alarm, (int, float)) and not isinstance(alarm, bool) and 0 <= alarm <= 1,
+           "series.alarm_threshold must be a number in [0, 1]")  # fmt: skip
+    return SeriesSpec(window, stride, list(channels), timestamp, step, float(alarm))
 
 
 def _graph(d: dict, name: str) -> Graph:

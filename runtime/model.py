@@ -33,7 +33,7 @@ from vae_edge.runtime.scoring import (
     scores_at_mean,
     scores_over_draws,
 )
-from vae_edge.runtime.series import StepScorer, score_series
+from vae_edge.runtime.series import SeriesStream
 
 __all__ = ["EdgeVAE", "ScoreSettings", "ScoredBatch", "default_model_dir", "verify_bundle"]
 
@@ -173,7 +173,7 @@ class EdgeVAE:
             return self._steps(x, settings).scores
         x = self._as_samples(x)
         if 0 < len(x) <= settings.rows_per_batch:  # one batch: no generators (batch 1's cost)
-            return self._score_batch(x, 0, settings, per_feature=False).scores
+            return self.score_batch(x, 0, settings, per_feature=False).scores
         parts = [b.scores for b in self.score_batches([x], settings)]
         return np.concatenate([np.zeros(0, np.float32), *parts])
 
@@ -189,12 +189,14 @@ class EdgeVAE:
 
     def predict(self, x, threshold: float | None = None) -> np.ndarray:
         """True where score > threshold. Scores are computed with the settings stored with
-        the model's threshold (score type, samples, seed); `threshold` overrides its value."""
+        the model's threshold (score type, samples, seed); `threshold` overrides its value.
+        A windowed model's series: each reading's alarm (stream()), `threshold` the
+        likelihood's."""
+        if self._is_series(x):
+            return self.stream(threshold=threshold).push(_as_array(x, "series")).is_anomaly
         settings = self.settings(threshold=threshold)
         if settings.threshold is None:
             raise BundleError(f"{self.source}: the model has no threshold; predict needs one")
-        if self._is_series(x):
-            return self._steps(x, settings).is_anomaly
         parts = [b.is_anomaly for b in self.score_batches([x], settings)]
         return np.concatenate([np.zeros(0, bool), *parts])
 
@@ -225,41 +227,43 @@ class EdgeVAE:
 
     def stream(
         self,
+        columns: list[str] | None = None,
+        timestamp: str | None = None,
+        threshold: float | None = None,
+        per_feature: bool = False,
         score_type: str | None = None,
         samples: int | None = None,
         seed: int | None = None,
-        threshold: float | None = None,
-        per_feature: bool = False,
-    ) -> StepScorer:
-        """A windowed model's scorer of a stream: feed readings with .push(readings), one
-        or many at a time, and get each step's score as soon as it is defined (see
-        series.StepScorer). Settings as for score(); flags with the model's threshold."""
-        settings = self.settings(score_type, samples, seed, threshold)
-        return StepScorer(self, settings, per_feature)
+    ) -> SeriesStream:
+        """A windowed model on a stream (series.SeriesStream): push(readings) or
+        push_line(csv_line), and each reading's score, likelihood and is_anomaly come back
+        at once, from it and the readings before it only. columns, timestamp: a CSV
+        stream's columns (default: the model's). threshold: the alarm's likelihood
+        threshold (default: the model's series.alarm_threshold). Scoring settings as for
+        score()."""
+        settings = self._settings(score_type, samples, seed, None, None, None, flags=False)
+        return SeriesStream(self, settings, threshold=threshold, per_feature=per_feature,
+                            columns=columns, timestamp=timestamp)  # fmt: skip
 
     def _is_series(self, x) -> bool:
-        """A windowed model's input is a series, (T,) or (T, C): scored per step; an
+        """A windowed model's input is a series, (T,) or (T, C): scored per reading; an
         array of its windows (N, W, C) is scored per window, as any model's samples."""
         return self.manifest.series is not None and np.ndim(x) < 3
 
     def _steps(self, x, settings: ScoreSettings, per_feature: bool = False) -> ScoredBatch:
-        """A windowed model's scores of a whole series x (T,) or (T, C): one per step."""
-        parts = list(score_series(self, [(_as_array(x, "series"), None)], settings, per_feature))
-        if len(parts) == 1:
-            return parts[0]
-        return ScoredBatch(
-            0,
-            np.concatenate([b.scores for b in parts]),
-            None if parts[0].is_anomaly is None else np.concatenate([b.is_anomaly for b in parts]),
-            None if not per_feature else np.concatenate([b.feature_losses for b in parts]),
-        )
+        """A windowed model's results for a whole series x (T,) or (T, C): a stream's."""
+        stream = SeriesStream(self, settings, per_feature=per_feature)
+        batch = stream.push(_as_array(x, "series"))
+        if batch is None:
+            raise InputError("the series has no readings")
+        return batch
 
     def _chunk_batches(self, x, start: int, settings: ScoreSettings, per_feature: bool):
         rows = settings.rows_per_batch
         for i in range(0, len(x), rows):
-            yield self._score_batch(x[i : i + rows], start + i, settings, per_feature)
+            yield self.score_batch(x[i : i + rows], start + i, settings, per_feature)
 
-    def _score_batch(self, x, start: int, settings: ScoreSettings, per_feature: bool):
+    def score_batch(self, x, start: int, settings: ScoreSettings, per_feature: bool):
         """One batch of rows x (n, *input_shape), the first being row `start` of the input."""
         batch = self._prepare(x, start)
         if settings.samples == 0:  # z = mu: images' default; one decoder row per sample

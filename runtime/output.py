@@ -1,9 +1,10 @@
 """Scores written as they come, batch by batch: CSV, JSONL or .npy, to a file (atomically:
 a temporary file beside it, renamed at the end) or CSV to a text stream.
 
-CSV columns: index, timestamp (a series' steps, when the input has them), score,
-is_anomaly (0/1, when there is a threshold), feature_0 ... (per-feature losses, when
-asked; a series' are per channel, feature_<channel name>). JSONL: one object per row with
+CSV columns: index, timestamp (a series' readings', as given, when the input has them),
+score, likelihood (a series' readings), is_anomaly (0/1, when there is a threshold or a
+likelihood), feature_0 ... (per-feature losses, when asked; a series' are per channel,
+feature_<channel name>). JSONL: one object per row with
 the same fields, "features" a list. .npy: the scores alone, float32 (N,).
 """
 
@@ -59,6 +60,7 @@ def _write_text(batches, f: IO, rows, feature_names=None, flush: bool = False) -
 
 def _csv_header(batch: ScoredBatch, feature_names=None) -> str:
     header = "index" + (",timestamp" if batch.timestamps is not None else "") + ",score"
+    header += ",likelihood" if batch.likelihood is not None else ""
     header += ",is_anomaly" if batch.is_anomaly is not None else ""
     if batch.feature_losses is not None:
         n_features = batch.feature_losses[0].size if len(batch.scores) else 0
@@ -73,10 +75,13 @@ def _columns(batch: ScoredBatch) -> tuple[list, str]:
     columns = [range(batch.start, batch.start + n)]
     fmt = "%d"
     if batch.timestamps is not None:
-        columns.append(np.datetime_as_string(batch.timestamps).tolist())
+        columns.append(_stamps(batch.timestamps))
         fmt += ",%s"
     columns.append(batch.scores.tolist())
     fmt += ",%.9g"
+    if batch.likelihood is not None:
+        columns.append(batch.likelihood.tolist())
+        fmt += ",%.10g"
     if batch.is_anomaly is not None:
         columns.append(batch.is_anomaly.tolist())
         fmt += ",%d"
@@ -85,6 +90,13 @@ def _columns(batch: ScoredBatch) -> tuple[list, str]:
         columns += per_row.T.tolist()
         fmt += ",%.6g" * per_row.shape[1]
     return columns, fmt
+
+
+def _stamps(timestamps: np.ndarray) -> list[str]:
+    """Timestamps as text: as given (strings; an unreadable or absent one is empty)."""
+    if timestamps.dtype.kind == "M":
+        return [s if s != "NaT" else "" for s in np.datetime_as_string(timestamps).tolist()]
+    return ["" if s is None else str(s) for s in timestamps.tolist()]
 
 
 def _csv_rows(batch: ScoredBatch) -> str:
@@ -98,15 +110,16 @@ def _jsonl_rows(batch: ScoredBatch) -> str:
     features = None
     if batch.feature_losses is not None:
         features = batch.feature_losses.reshape(n, -1).tolist()
-    stamps = None
-    if batch.timestamps is not None:
-        stamps = np.datetime_as_string(batch.timestamps).tolist()
+    stamps = None if batch.timestamps is None else _stamps(batch.timestamps)
+    likelihood = None if batch.likelihood is None else batch.likelihood.tolist()
     lines = []
     for i, score in enumerate(batch.scores.tolist()):
         row = {"index": batch.start + i}
         if stamps is not None:
             row["timestamp"] = stamps[i]
         row["score"] = score
+        if likelihood is not None:
+            row["likelihood"] = likelihood[i]
         if flags is not None:
             row["is_anomaly"] = flags[i]
         if features is not None:

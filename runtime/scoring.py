@@ -80,7 +80,8 @@ class ScoredBatch:
     scores: np.ndarray  # (n,) float32, nats from the floor (per bit with complexity)
     is_anomaly: np.ndarray | None = None  # (n,) bool, where the settings have a threshold
     feature_losses: np.ndarray | None = None  # (n, *input_shape) float32, when asked
-    timestamps: np.ndarray | None = None  # (n,) datetime64, a series' steps that have them
+    timestamps: np.ndarray | None = None  # (n,) a series' readings' timestamps, as given
+    likelihood: np.ndarray | None = None  # (n,) float64 in [0, 1], a series' readings
 
 
 def scores_at_mean(losses, mu, logvar, score_type: str) -> np.ndarray:

@@ -1,30 +1,32 @@
-"""Sensor series: read them, put back missing steps, cut windows, and turn window scores
-into one score per time step. NumPy only.
+"""Sensor series: read them, put them on their step grid, cut windows, and score a stream
+of readings one at a time (SeriesStream). NumPy only.
 
 A series is T steps of C channels, float64, NaN where a reading is missing. A windowed
-model's samples are windows of W consecutive steps, (W, C); window i holds steps
-i .. i + W - 1 and is scored as row i of the scoring pass (its noise is keyed by i). The
-manifest's `series` entry (manifest.SeriesSpec) says how a step's score is made from its
-windows (STEP_RULES); StepScorer follows it, fed the whole series or one reading at a time,
-with the same numbers.
+model's samples are windows of W consecutive steps, (W, C). A reading's score is that of
+the window ending at it, so it is known at once; its likelihood and alarm come from the
+scores before it (alarm.py). A whole file is scored as the same stream, with the same
+numbers.
 """
 
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import math
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from vae_edge.runtime.alarm import AnomalyLikelihood
 from vae_edge.runtime.errors import InputError
 from vae_edge.runtime.scoring import ScoredBatch, finite_float32
 
-# A series with more missing steps than this share (NaN readings and steps put back from
-# gaps in the timestamps) is refused: its windows would be mostly made up.
+# A series whose readings are more often missing than this share is refused: its windows
+# would be mostly made up. Gaps in the timestamps are not counted: a windowed model trains
+# on the windows beside them.
 MOST_MISSING = 0.5
 # --window auto: the series' dominant period within AUTO_WINDOW_BOUNDS (steps), at least
 # MIN_AUTO_WINDOW; DEFAULT_WINDOW when it has none. On the 28 NAB series this rule won over
@@ -35,8 +37,16 @@ MOST_MISSING = 0.5
 AUTO_WINDOW_BOUNDS = (8, 512)
 MIN_AUTO_WINDOW = 64
 DEFAULT_WINDOW = 128
+# ... and at most 1 / MOST_OF_SERIES of the series: 750 readings (NAB's probationary rows)
+# get at most 187 steps and 563 windows, not a daily 288 and 462.
+MOST_OF_SERIES = 4
 TIMESTAMP_NAMES = ("timestamp", "time", "datetime", "date")  # a header's timestamp column
 NO_TIMESTAMP = "none"  # --timestamp none: read no timestamps, even if a column looks like one
+ROUND_SECONDS = (1, 5, 10, 15, 30, 60, 300, 600, 900, 1800, 3600)
+# Most steps put back for one gap in the timestamps: a gap this long leaves no reading in
+# the windows beside it (the longest auto window), so a longer one changes nothing but
+# the memory it would take (a year's gap on 5-minute steps: 100,000 steps).
+MAX_GAP = AUTO_WINDOW_BOUNDS[1]
 
 
 @dataclass(frozen=True)
@@ -50,6 +60,7 @@ class Series:
     timestamp_column: str | None = None
     step_seconds: int | None = None
     put_back: int = 0  # steps added where the timestamps had gaps
+    out_of_order: int = 0  # readings whose timestamp was not after the one before
 
     @property
     def missing_share(self) -> float:
@@ -60,25 +71,22 @@ class Series:
 
 
 class SeriesReader:
-    """Parses CSV lines of one series into values and timestamps, line by line or in
-    chunks, with the same column choice and timestamp completion for a whole file and for
-    a pipe. Built by `for_header`: which columns, which timestamp column, which step."""
+    """Parses CSV lines of one series into values and timestamps: a whole file strictly
+    (parse), a stream's lines one at a time without ever refusing one (reading). Built by
+    `for_header`: which columns are values, which is the timestamp."""
 
     def __init__(self, where: str, value_index: list[int], channels: list[str],
-                 timestamp_index: int | None, timestamp_column: str | None,
-                 step_seconds: int | None):  # fmt: skip
+                 timestamp_index: int | None, timestamp_column: str | None):  # fmt: skip
         self.where = where
         self.value_index = value_index
         self.channels = channels
         self.timestamp_index = timestamp_index
         self.timestamp_column = timestamp_column
-        self.step_seconds = step_seconds
-        self._last = None  # the last timestamp read, datetime64[s]
         self._width = max([*value_index, timestamp_index or 0]) + 1
 
     @classmethod
     def for_header(cls, where: str, first_line: str, columns=None, timestamp=None,
-                   step_seconds=None, model=None) -> tuple[SeriesReader, bool]:  # fmt: skip
+                   model=None) -> tuple[SeriesReader, bool]:  # fmt: skip
         """The reader for a CSV whose first line is `first_line`, and whether that line is
         a header. columns: value columns by name (or 0-based position without a header);
         default a windowed model's channels where the header has them, else every column
@@ -123,75 +131,86 @@ class SeriesReader:
             [names[i] for i in value_index],
             t_index,
             names[t_index] if t_index is not None else None,
-            step_seconds,
         ), header
 
     def parse(self, lines: list[str], first_line_no: int) -> tuple[np.ndarray, np.ndarray | None]:
-        """Values (n, C) and timestamps (n,) of `lines`, with missing steps put back where
-        the timestamps skip whole steps (needs step_seconds)."""
+        """Values (n, C) and timestamps (n,) (datetime64[s], or None without a timestamp
+        column) of `lines`; a cell that is not a number or not a timestamp is refused."""
         values, stamps = [], []
         for number, line in enumerate(lines, first_line_no):
             if not line.strip():
                 continue
-            cells = _cells(line)
-            if len(cells) < self._width:
-                raise InputError(f"{self.where}: line {number} has {len(cells)} values, "
-                                 f"not {self._width}")  # fmt: skip
+            cells = self._row(line, number)
             values.append([_reading(cells[i], self.where, number) for i in self.value_index])
             if self.timestamp_index is not None:
-                stamps.append((_timestamp(cells[self.timestamp_index], self.where, number), number))
+                stamps.append(_timestamp(cells[self.timestamp_index], self.where, number))
         x = np.array(values, np.float64).reshape(-1, len(self.value_index))
-        if self.timestamp_index is None:
-            return x, None
-        return self._complete(x, stamps)
+        return x, (None if self.timestamp_index is None else np.array(stamps, "datetime64[s]"))
 
-    def _complete(self, x: np.ndarray, stamps) -> tuple[np.ndarray, np.ndarray]:
-        """Refuse timestamps that do not increase; then fill_gaps on step_seconds."""
-        t = np.array([s for s, _ in stamps], "datetime64[s]")
-        if not len(t):
-            return x, t
-        first = self._last is None
-        before = np.concatenate([[t[0] if first else self._last], t[:-1]])
-        back = np.flatnonzero(t <= before)
-        back = back[back > 0] if first else back
-        if len(back):
-            i = int(back[0])
-            raise InputError(
-                f"{self.where}: line {stamps[i][1]}: timestamp {t[i]} is not after the one "
-                f"before ({before[i]}); a series' timestamps must increase (--timestamp "
-                "none reads the readings in file order)"
-            )
-        previous, self._last = self._last, t[-1]
-        if not self.step_seconds:
-            return x, t
-        return fill_gaps(x, t, self.step_seconds, previous)
+    def reading(self, line: str) -> tuple[np.ndarray, str | None, np.datetime64 | None, bool]:
+        """One line of a stream, never refused: its values (C,) (NaN where a cell is
+        missing, not a number or infinite), its timestamp as given and as read (None when
+        unreadable or there is no column), and whether the line was whole and readable."""
+        cells = _cells(line)
+        readable = len(cells) >= self._width
+        values = np.full(len(self.value_index), np.nan)
+        for j, i in enumerate(self.value_index):
+            if i < len(cells):
+                try:
+                    values[j] = _reading(cells[i], self.where, 0)
+                except InputError:
+                    readable = False
+        given = stamp = None
+        if self.timestamp_index is not None and self.timestamp_index < len(cells):
+            given = cells[self.timestamp_index].strip()
+            try:
+                stamp = _timestamp(given, self.where, 0)
+            except InputError:
+                readable = False
+        return values, given, stamp, readable
+
+    def _row(self, line: str, number: int) -> list[str]:
+        cells = _cells(line)
+        if len(cells) < self._width:
+            raise InputError(f"{self.where}: line {number} has {len(cells)} values, "
+                             f"not {self._width}")  # fmt: skip
+        return cells
 
 
-def fill_gaps(x: np.ndarray, t: np.ndarray, step_seconds: int, previous=None):
-    """Donut's timestamp completion of readings x (n, C) at increasing timestamps t (n,): a
-    gap of k steps gets k - 1 missing steps back. previous: the timestamp before t[0] (a
-    stream's last), None at the start. Readings less than a step apart count as
-    consecutive steps."""
-    before = np.concatenate([[t[0] if previous is None else previous], t[:-1]])
-    steps = np.maximum(np.rint((t - before).astype(np.int64) / step_seconds), 1)
-    steps = steps.astype(np.int64)
-    if previous is None:
-        steps[0] = 1
-    if (steps == 1).all():
-        return x, t
-    position = np.cumsum(steps) - 1
+def steps_between(before, t, step_seconds: int) -> int:
+    """Steps from a reading at `before` to the next at `t` on a grid of step_seconds: the
+    time between them rounded to whole steps (jitter around the step vanishes), at least
+    1 (a repeated or earlier timestamp is the next step, in the order read)."""
+    seconds = int((t - before) / np.timedelta64(1, "s"))
+    return max(1, round(seconds / step_seconds))
+
+
+def fill_gaps(x: np.ndarray, t: np.ndarray, step_seconds: int, max_gap: int = MAX_GAP):
+    """Readings x (n, C) at timestamps t (n,) on their step grid: each reading is
+    steps_between the latest timestamp before it and its own, the steps between them put back as missing (at most max_gap per
+    gap: a longer gap leaves no reading in any window beside it either). Returns the
+    values, the timestamps of every step (put-back ones on the grid after the reading
+    before) and how many readings came with a timestamp not after the one before."""
+    if not len(t):
+        return x, t, 0
+    latest = np.maximum.accumulate(t)  # an earlier timestamp does not set the clock back
+    seconds = (t[1:] - latest[:-1]).astype(np.int64)
+    steps = np.minimum(np.maximum(np.rint(seconds / step_seconds), 1), max_gap + 1)
+    position = np.concatenate([[0], np.cumsum(steps.astype(np.int64))])
     out = np.full((position[-1] + 1, x.shape[1]), np.nan)
     out[position] = x
-    step = np.timedelta64(step_seconds, "s")
-    times = t[0] - (steps[0] - 1) * step + np.arange(len(out)) * step
-    times[position] = t
-    return out, times
+    # a put-back step's time: the reading before it plus whole steps
+    owner = np.cumsum(np.isin(np.arange(len(out)), position)) - 1
+    times = t[owner] + (np.arange(len(out)) - position[owner]) * np.timedelta64(step_seconds, "s")
+    return out, times, int((seconds <= 0).sum())
 
 
-def read_series(path: str | Path, columns=None, timestamp=None, model=None) -> Series:
+def read_series(path: str | Path, columns=None, timestamp=None, model=None,
+                max_gap: int = MAX_GAP) -> Series:  # fmt: skip
     """Read a whole series: a CSV (see SeriesReader.for_header), or .npy (T,) / (T, C)
-    (NaN = missing). Timestamps are completed on the step of `model` (a windowed model's
-    SeriesSpec) when given, else on their most common difference."""
+    (NaN = missing). Timestamps put the readings on their step grid (fill_gaps): the step
+    of `model` (a windowed model's SeriesSpec) when given, else the series' own
+    (common_step). Refused when most steps are missing (MOST_MISSING)."""
     path = Path(path)
     if not path.is_file():
         raise InputError(f"{path}: no such file")
@@ -199,7 +218,7 @@ def read_series(path: str | Path, columns=None, timestamp=None, model=None) -> S
     if suffix == ".npy":
         series = _npy_series(path, columns, timestamp)
     elif suffix == ".csv":
-        series = _csv_series(path, columns, timestamp, model)
+        series = _csv_series(path, columns, timestamp, model, max_gap)
     else:
         raise InputError(f"{path}: a series must be .csv or .npy")
     if len(series.values) == 0:
@@ -207,12 +226,11 @@ def read_series(path: str | Path, columns=None, timestamp=None, model=None) -> S
     if model is not None and series.values.shape[1] != len(model.channels):
         raise InputError(f"{path}: {series.values.shape[1]} channel(s); the model reads "
                          f"{len(model.channels)}")  # fmt: skip
-    if series.missing_share > MOST_MISSING:
-        raise InputError(
-            f"{path}: {series.missing_share:.0%} of the steps are missing "
-            f"({series.put_back} put back from gaps in the timestamps); at most "
-            f"{MOST_MISSING:.0%} may be"
-        )
+    readings = len(series.values) - series.put_back
+    missing = int(np.isnan(series.values).any(axis=1).sum()) - series.put_back
+    if missing > MOST_MISSING * readings:
+        raise InputError(f"{path}: {missing} of its {readings} readings have missing values; "
+                         f"at most {MOST_MISSING:.0%} may")  # fmt: skip
     return series
 
 
@@ -229,7 +247,7 @@ def _npy_series(path: Path, columns, timestamp) -> Series:
     return Series(x, [str(i) for i in range(x.shape[1])])
 
 
-def _csv_series(path: Path, columns, timestamp, model) -> Series:
+def _csv_series(path: Path, columns, timestamp, model, max_gap: int) -> Series:
     try:
         text = path.read_text(encoding="utf-8-sig")
     except UnicodeDecodeError:
@@ -239,27 +257,30 @@ def _csv_series(path: Path, columns, timestamp, model) -> Series:
         raise InputError(f"{path}: empty CSV file")
     reader, header = SeriesReader.for_header(str(path), lines[0], columns, timestamp,
                                              model=model)  # fmt: skip
-    body = lines[1:] if header else lines
-    reader.step_seconds = model.step_seconds if model is not None else None
-    x, times = reader.parse(body, 1 + header)
-    n_read = sum(1 for line in body if line.strip())
-    step_seconds = reader.step_seconds
-    if times is not None and step_seconds is None:  # the series' own step, from all of it
+    x, times = reader.parse(lines[1:] if header else lines, 1 + header)
+    n_read = len(x)
+    step_seconds = model.step_seconds if model is not None else None
+    if times is not None and step_seconds is None:
         step_seconds = common_step(times)
-        if step_seconds:
-            x, times = fill_gaps(x, times, step_seconds)
+    out_of_order = 0
+    if times is not None and step_seconds:
+        x, times, out_of_order = fill_gaps(x, times, step_seconds, max_gap)
     return Series(x, reader.channels, times, reader.timestamp_column, step_seconds,
-                  put_back=len(x) - n_read)  # fmt: skip
+                  put_back=len(x) - n_read, out_of_order=out_of_order)  # fmt: skip
 
 
 def common_step(timestamps: np.ndarray) -> int | None:
-    """The most common positive difference between timestamps, in seconds."""
+    """The series' step in seconds: the median of the positive differences between its
+    timestamps (a sensor that reports about every 5 minutes with jitter has a step of
+    about 5 minutes; the most common difference of jittered times can be anything)."""
     d = np.diff(timestamps).astype(np.int64)
     d = d[d > 0]
     if not len(d):
         return None
-    values, counts = np.unique(d, return_counts=True)
-    return int(values[np.argmax(counts)])
+    median = float(np.median(d))
+    # on a clock's round unit, within 5% (301 s of jittered readings is a 5-minute step)
+    unit = max(u for u in ROUND_SECONDS if u <= max(median / 20, 1))
+    return max(unit, int(round(median / unit)) * unit)
 
 
 def _cells(line: str) -> list[str]:
@@ -370,51 +391,115 @@ def dominant_period(values: np.ndarray, bounds=AUTO_WINDOW_BOUNDS) -> int | None
 
 def auto_window(values: np.ndarray) -> int:
     """--window auto: the dominant period (dominant_period), at least MIN_AUTO_WINDOW, else
-    DEFAULT_WINDOW."""
+    DEFAULT_WINDOW; at most a quarter of the series' readings (MOST_OF_SERIES), so that a
+    short series still gives three windows' worth of training windows."""
     period = dominant_period(values)
-    return max(period, MIN_AUTO_WINDOW) if period else DEFAULT_WINDOW
+    window = max(period, MIN_AUTO_WINDOW) if period else DEFAULT_WINDOW
+    read = int((~np.isnan(values).all(axis=1)).sum())  # steps put back are not counted
+    return max(2, min(window, read // MOST_OF_SERIES))
 
 
-# -- step scores --------------------------------------------------------------------------
-
-# How a step's score is made from its windows (the manifest's series.step_score):
-# "window_mean": the mean of the scores of the windows that hold the step, known once the
-# window that starts at it is scored (W - 1 readings later); the last W - 1 steps of a
-# series, which start no window, take the mean over the windows that hold them at its end.
-# "window_end": the score of the window that ends at the step, known at once; the first
-# W - 1 steps, which end no window, take the first window's.
-# window_mean won on the NAB series (benchmarks/results/series-designs.md).
-STEP_RULES = ("window_mean", "window_end")
 
 
-class StepScorer:
-    """Scores a series fed in pieces (one reading or many): push() returns the scores of
-    the steps that became known, finish() those of the last steps once the series ends.
-    It keeps the last W - 1 readings and window scores, so memory is constant however
-    long the stream. Whatever the pieces, the scores are those of the whole series scored
-    at once (a window's noise is keyed by its first step, and each step's mean is taken
-    over the same window scores in the same order)."""
+# -- a stream ----------------------------------------------------------------------------
 
-    def __init__(self, model, settings, per_feature: bool = False):
+
+@dataclass
+class StreamReport:
+    """What a stream did with its readings, for the user to see at the end."""
+
+    readings: int = 0
+    alarms: int = 0
+    out_of_order: int = 0  # a timestamp not after the one before: taken as the next step
+    put_back: int = 0  # missing steps put back for gaps in the timestamps
+    missing: int = 0  # readings with a missing value (unreadable ones included)
+    unreadable: int = 0  # lines with too few cells, a non-number or a bad timestamp
+
+    def __str__(self) -> str:
+        parts = [f"{self.readings} readings, {self.alarms} alarms"]
+        if self.out_of_order:
+            parts.append(f"{self.out_of_order} repeated or earlier timestamps (taken as the "
+                         "next step)")  # fmt: skip
+        if self.put_back:
+            parts.append(f"{self.put_back} missing steps put back for gaps in the timestamps")
+        if self.missing:
+            parts.append(f"{self.missing} readings with missing values")
+        if self.unreadable:
+            parts.append(f"{self.unreadable} unreadable lines (their bad cells scored as "
+                         "missing)")  # fmt: skip
+        return "; ".join(parts)
+
+
+class SeriesStream:
+    """A windowed model on a stream: every reading gets its score, likelihood and alarm at
+    once, from that reading and the ones before it only. Lines of CSV (push_line, or
+    push_lines for many: the same numbers) or arrays (push).
+
+    For each reading: its timestamp puts it on the model's step grid (steps_between; a
+    repeated or earlier timestamp is the next step, a gap puts missing steps back, at most
+    W); the window of the last W steps, ending at it, is scored by the model (its noise
+    keyed by the reading's index; before the W-th reading the steps before the first are
+    missing): its -ELBO is the reading's score, and the reading's own reconstruction loss
+    (the window's last step) updates the anomaly likelihood (alarm.AnomalyLikelihood)
+    from the W-th reading on; is_anomaly is the likelihood above the alarm threshold, at most
+    once in W readings (one alarm per window of the model). State: the last W steps, the
+    likelihood's rings and a few counts, whatever the stream's length."""
+
+    def __init__(self, model, settings, *, threshold: float | None = None,
+                 per_feature: bool = False, columns=None, timestamp=None,
+                 where: str = "the stream"):  # fmt: skip
         spec = model.manifest.series
         if spec is None:
             raise InputError(f"{model.source}: not a windowed model (no series in vae.json)")
-        self.model, self.settings, self.per_feature = model, settings, per_feature
-        self.window = spec.window
-        self.rule = spec.step_score
-        self.channels = len(spec.channels)
-        self._tail = np.zeros((0, self.channels), np.float64)
-        self._tail_times = None
-        # window_mean: the last W - 1 window scores (and per-channel losses) before the next
-        self._scores = np.zeros(0, np.float64)
-        self._features = np.zeros((0, self.channels), np.float64)
-        self.steps = 0  # readings fed so far
-        self.windows = 0  # windows scored so far
+        self.model, self.per_feature, self.where = model, per_feature, where
+        self.settings = dataclasses.replace(settings, threshold=None)
+        self.window, self.channels = spec.window, len(spec.channels)
+        self.step_seconds = spec.step_seconds
+        self.threshold = spec.alarm_threshold if threshold is None else float(threshold)
+        self.likelihood = AnomalyLikelihood()
+        self.report = StreamReport()
+        self.reader: SeriesReader | None = None  # from the first line, by push_line(s)
+        self._columns, self._timestamp = columns, timestamp
+        self._ring = np.full((2 * self.window, self.channels), np.nan)  # steps; [end - W, end)
+        self._end = self.window
+        self._last_time = None  # the latest timestamp so far
+        self._since_alarm = self.window  # readings since the last alarm
 
-    def push(self, values, timestamps: np.ndarray | None = None) -> ScoredBatch | None:
-        """Feed the next readings (n, C) (or (C,), one reading; (n,) for one channel) and
-        their timestamps (n,) if any. Returns the scores of the steps that became known,
-        or None."""
+    # -- input ------------------------------------------------------------------------
+
+    def push_line(self, line: str) -> ScoredBatch | None:
+        """One line of CSV: the header (None), a blank line (None) or a reading."""
+        return self.push_lines([line])
+
+    def push_lines(self, lines: Iterable[str]) -> ScoredBatch | None:
+        """Lines of CSV, the first line of the stream being its header or a first reading
+        (SeriesReader.for_header: columns and timestamp as given to the stream, else the
+        model's). A line is never refused: a cell that is not a number is a missing
+        reading, an unreadable timestamp none (counted in the report)."""
+        values, given, stamps = [], [], []
+        for line in lines:
+            if not line.strip():
+                continue
+            if self.reader is None:
+                self.reader, header = SeriesReader.for_header(
+                    self.where, line, self._columns, self._timestamp, self.model.manifest.series
+                )
+                if header:
+                    continue
+            x, text, stamp, readable = self.reader.reading(line)
+            self.report.unreadable += not readable
+            values.append(x)
+            given.append(text)
+            stamps.append(stamp)
+        if not values:
+            return None
+        has_time = self.reader.timestamp_index is not None
+        return self._push(np.array(values), stamps if has_time else None,
+                          np.array(given, object) if has_time else None)  # fmt: skip
+
+    def push(self, values, timestamps=None) -> ScoredBatch | None:
+        """Readings as numbers: (C,) or a scalar for one, (n, C) (or (n,) with one
+        channel) for many, NaN where missing; timestamps (n,) datetime64 or None."""
         try:
             x = np.asarray(values, np.float64)
         except (ValueError, TypeError):
@@ -426,132 +511,107 @@ class StepScorer:
         if x.ndim != 2 or x.shape[1] != self.channels:
             raise InputError(f"readings have shape {np.shape(values)}; this model takes "
                              f"{self.channels} channel(s) per step")  # fmt: skip
+        if np.isinf(x).any():
+            i, channel = np.argwhere(np.isinf(x))[0]
+            raise InputError(f"the reading {self.report.readings + i}, channel {channel}, is "
+                             "infinite")  # fmt: skip
         if not len(x):
             return None
-        first_step = self.steps - len(self._tail)  # the step of joined[0]
-        joined = np.concatenate([self._tail, x]) if len(self._tail) else x
-        times = timestamps
-        if timestamps is not None and self._tail_times is not None:
-            times = np.concatenate([self._tail_times, timestamps])
-        self.steps += len(x)
-        keep = max(len(joined) - (self.window - 1), 0)  # the first step kept
-        # A view when joined is fresh (one reading: the tail stays W - 1 steps long).
-        self._tail = joined[keep:] if len(self._tail) else joined[keep:].copy()
-        if times is not None:
-            self._tail_times = times[keep:].copy()
-        if len(joined) < self.window:
-            return None
-        if len(joined) == self.window:  # one window: straight to the scoring pass's batch
-            batches = [self.model._score_batch(joined[None], first_step, self.settings,
-                                               self.per_feature)]  # fmt: skip
-        else:
-            windows = sliding_windows(joined, self.window)
-            batches = list(self.model.score_batches([windows], self.settings, self.per_feature,
-                                                    first_row=first_step))  # fmt: skip
-        scores = _joined([b.scores for b in batches])
-        features = None
-        if self.per_feature:  # each channel's loss over the window
-            features = _joined([finite_float32(b.feature_losses.sum(axis=1, dtype=np.float64))
-                                for b in batches])  # fmt: skip
-        self.windows += len(scores)
-        if self.rule == "window_end":
-            return self._window_end(scores, features, first_step, times)
-        return self._window_mean(scores, features, first_step, times)
+        stamps = None
+        if timestamps is not None:
+            stamps = np.asarray(timestamps, "datetime64[s]").reshape(-1)
+            if len(stamps) != len(x):
+                raise InputError(f"{len(stamps)} timestamps for {len(x)} readings")
+            stamps = [None if np.isnat(t) else t for t in stamps]
+        return self._push(x, stamps, None if timestamps is None else np.asarray(timestamps))
 
-    def finish(self) -> ScoredBatch | None:
-        """The series has ended: the scores of its steps not yet known (window_mean's last
-        W - 1 steps), or None."""
-        first = self.windows  # the first step that starts no window
-        if self.rule == "window_end" or not self.windows or first >= self.steps:
-            return None
-        # Step t averages windows t - W + 1 .. first - 1: the last steps - t of the history.
-        ends = [len(self._scores) - (self.steps - t) for t in range(first, self.steps)]
-        scores = np.array([_mean(self._scores[max(0, e) :]) for e in ends], np.float32)
-        features = None
-        if self.per_feature:
-            features = np.stack([_mean(self._features[max(0, e) :]) for e in ends])
-            features = features.astype(np.float32)
-        stamps = None if self._tail_times is None else self._tail_times[-len(scores) :]
-        return self._batch(first, scores, features, stamps)
+    # -- the step rule, the score, the likelihood ----------------------------------------
 
-    def _window_end(self, scores, features, first_window: int, times) -> ScoredBatch:
-        start = first_window + self.window - 1  # the step the first window ends at
-        if first_window == 0:  # the first W - 1 steps take the first window's score
-            lead = self.window - 1
-            scores = np.concatenate([np.repeat(scores[:1], lead), scores])
-            if features is not None:
-                features = np.concatenate([np.repeat(features[:1], lead, axis=0), features])
-            start = 0
-        stamps = None if times is None else times[len(times) - len(scores) :]
-        return self._batch(start, scores, features, stamps)
+    def _push(self, x: np.ndarray, stamps, given) -> ScoredBatch:
+        first = self.report.readings
+        windows = np.empty((len(x), self.window, self.channels))
+        for i, reading in enumerate(x):
+            gap = self._steps_to(stamps[i]) - 1 if stamps is not None else 0
+            if gap:
+                self.report.put_back += gap
+                for _ in range(min(gap, self.window)):
+                    self._advance(np.nan)
+            self._advance(reading)
+            windows[i] = self._ring[self._end - self.window : self._end]
+        self.report.readings += len(x)
+        self.report.missing += int(np.isnan(x).any(axis=1).sum())
+        scores, losses, features = self._score(windows, first)
+        likelihood = np.zeros(len(x))
+        flags = np.zeros(len(x), bool)
+        for i, loss in enumerate(losses.tolist()):
+            if first + i >= self.window - 1:  # a whole window: the likelihood learns
+                likelihood[i] = self.likelihood.update(loss)
+            alarm = likelihood[i] > self.threshold and self._since_alarm >= self.window
+            flags[i] = alarm
+            self._since_alarm = 0 if alarm else self._since_alarm + 1
+        self.report.alarms += int(flags.sum())
+        return ScoredBatch(first, scores, flags, features, given, likelihood)
 
-    def _window_mean(self, scores, features, first_window: int, times) -> ScoredBatch:
-        """Step i (the first step of window i) averages the scores of windows
-        max(0, i - W + 1) .. i, each step's mean over its own window scores in order."""
-        w, n, k = self.window, len(scores), len(self._scores)
-        history = np.concatenate([self._scores, scores], dtype=np.float64)  # from window
-        steps = _step_means(history, k, n, w)  # first_window - k on
-        # A view of the fresh history: memory stays W window scores.
-        self._scores = history[max(0, len(history) - (w - 1)) :]
-        step_features = None
-        if features is not None:
-            rows = np.concatenate([self._features, features], dtype=np.float64)
-            step_features = _step_means(rows, k, n, w)
-            self._features = rows[max(0, len(rows) - (w - 1)) :]
-        stamps = None if times is None else times[:n]
-        return self._batch(first_window, steps, step_features, stamps)
+    def _score(self, windows: np.ndarray, first: int):
+        """Scores (n,), the newest reading's losses (n,) and the per-channel losses over
+        the window (n, C; per_feature) of windows (n, W, C), the first being reading
+        `first`'s. A batch holding a window beyond the standardisation's clip is scored in
+        float64 (Gaussian.nll): such windows are scored apart from the others, so that a
+        reading's numbers never depend on the readings batched with it."""
+        far = self.model.manifest.preprocessing.far_rows(windows)
+        groups = [np.flatnonzero(far), np.flatnonzero(~far)] if far.any() else [None]
+        scores = np.empty(len(windows), np.float32)
+        newest = np.empty(len(windows), np.float64)
+        features = np.empty((len(windows), self.channels), np.float32)
+        for rows in groups:
+            if rows is not None and not len(rows):
+                continue
+            part = windows if rows is None else windows[rows]
+            if len(part) == 1:
+                index = first if rows is None else first + int(rows[0])
+                batches = [self.model.score_batch(part, index, self.settings, True)]
+            elif rows is None:
+                batches = self.model.score_batches([part], self.settings, True, first_row=first)
+            else:  # one window at a time: each its own noise key
+                batches = [self.model.score_batch(part[j : j + 1], first + int(i), self.settings,
+                                                  True)
+                           for j, i in enumerate(rows)]  # fmt: skip
+            batches = list(batches)
+            where = slice(None) if rows is None else rows
+            scores[where] = np.concatenate([b.scores for b in batches])
+            losses = np.concatenate([b.feature_losses for b in batches])  # (n, W, C)
+            newest[where] = losses[:, -1].sum(axis=1, dtype=np.float64)
+            if self.per_feature:
+                features[where] = finite_float32(losses.sum(axis=1, dtype=np.float64))
+        return scores, newest, (features if self.per_feature else None)
 
-    def _batch(self, start, scores, features, stamps) -> ScoredBatch:
-        t = self.settings.threshold
-        flags = None if t is None else scores > t
-        return ScoredBatch(start, scores, flags, features, stamps)
+    def _steps_to(self, t) -> int:
+        """Steps from the reading before to one at timestamp t (None: 1)."""
+        if t is None or not self.step_seconds:
+            return 1
+        last, self._last_time = self._last_time, t if self._last_time is None else max(
+            self._last_time, t
+        )
+        if last is None:
+            return 1
+        if t <= last:
+            self.report.out_of_order += 1
+        return steps_between(last, t, self.step_seconds)
 
+    def _advance(self, reading) -> None:
+        if self._end == len(self._ring):  # keep the last W - 1 steps, at the start
+            self._ring[: self.window - 1] = self._ring[self._end - self.window + 1 :]
+            self._end = self.window - 1
+        self._ring[self._end] = reading
+        self._end += 1
 
-def _step_means(history: np.ndarray, k: int, n: int, w: int) -> np.ndarray:
-    """For j < n, the mean of history[max(0, k + j + 1 - w) : k + j + 1] (float32): a run
-    of up to w consecutive window scores (or per-channel losses) ending at the j-th new
-    one. One at a time by _mean where the run is short or the steps few, else by _means:
-    the same reduction, so the result does not depend on how the series was split."""
-    first_full = max(0, w - 1 - k)  # runs from here on hold exactly w rows
-    out = np.empty((n, *history.shape[1:]), np.float32)
-    loop = n if n <= 16 else min(first_full, n)
-    for j in range(loop):
-        out[j] = _mean(history[max(0, k + j + 1 - w) : k + j + 1])
-    if loop < n:
-        out[loop:] = _means(history[k + loop + 1 - w :], w)
-    return out
-
-
-def _mean(a: np.ndarray) -> np.ndarray:
-    """The mean of the rows of a (float64), by the same reduction as _means."""
-    return np.add.reduce(a, axis=0) / len(a)
-
-
-def _means(a: np.ndarray, w: int) -> np.ndarray:
-    """The mean of each run of w consecutive rows of a (float64), each as _mean
-    computes it: over a contiguous copy of the run."""
-    runs = np.lib.stride_tricks.sliding_window_view(a, w, axis=0)  # (m, ..., w)
-    runs = np.ascontiguousarray(np.moveaxis(runs, -1, 1))  # (m, w, ...)
-    return np.add.reduce(runs, axis=1) / w
-
-
-def _joined(parts: list[np.ndarray]) -> np.ndarray:
-    return parts[0] if len(parts) == 1 else np.concatenate(parts)
-
-
-def score_series(model, pieces: Iterable, settings, per_feature: bool = False,
-                 where: str = "the series") -> Iterator[ScoredBatch]:  # fmt: skip
-    """Step scores of a whole series given as pieces (readings (n, C), timestamps (n,) or
-    None), through one StepScorer, its last steps (finish) included. `where` names the
-    series in the error for one shorter than the window."""
-    scorer = StepScorer(model, settings, per_feature)
-    for values, timestamps in pieces:
-        batch = scorer.push(values, timestamps)
-        if batch is not None:
-            yield batch
-    if scorer.steps < scorer.window:
-        raise InputError(f"{where}: {scorer.steps} steps, fewer than the model's window "
-                         f"({scorer.window})")  # fmt: skip
-    last = scorer.finish()
-    if last is not None:
-        yield last
+    def close(self, whole: bool = False) -> StreamReport:
+        """The report; with whole (a file scored after the fact, not a live stream),
+        InputError when most readings were missing or unreadable (MOST_MISSING)."""
+        r = self.report
+        if whole and r.missing > MOST_MISSING * max(r.readings, 1):
+            raise InputError(f"{self.where}: {r.missing / r.readings:.0%} of the readings are "
+                             f"missing or unreadable; at most {MOST_MISSING:.0%} may be")  # fmt: skip
+        if whole and not r.readings:
+            raise InputError(f"{self.where}: no readings")
+        return r

@@ -57,6 +57,9 @@ RELATIVE_STD_FLOOR = 1e-5
 # Images get a longer run (MNIST test -ELBO: 107 after 4,220 steps at a constant rate,
 # about 97.4 after 14,000 with this schedule); early stopping ends one that stops improving.
 MIN_STEPS_IMAGES = 10_000
+# A series' windows overlap (stride 1): a few hundred readings give thousands of windows
+# that are nearly copies, and as many steps as a table's over-fit them for nothing.
+MIN_STEPS_SERIES = 1000
 
 
 # A series' windows (W, C): an MLP over the flattened window. Its size hardly mattered on
@@ -309,7 +312,8 @@ def fit(
     x_all = torch.from_numpy(prep.apply(x))
     x_val, x_fit = x_all[order[:n_val]], x_all[order[n_val:]]
     image = is_image_shape(model_config.input_shape) and series is None
-    epochs = o.epochs or default_epochs(len(x_fit), o.batch_size, image=image)
+    min_steps = MIN_STEPS_SERIES if series is not None else None
+    epochs = o.epochs or default_epochs(len(x_fit), o.batch_size, image=image, min_steps=min_steps)
     o = replace(o, epochs=epochs, kl_warmup=epochs / 10 if o.kl_warmup is None else o.kl_warmup,
                 trim=(0.0 if image else TRIM) if o.trim is None else o.trim)  # fmt: skip
 
@@ -484,7 +488,13 @@ def train(
     `timestamp`, or .npy) and the model a windowed one (fit_series). Returns config."""
     options = replace(options or TrainOptions(), **option_overrides)
     if window is not None:
-        series = series_io.read_series(data, columns, timestamp)
+        max_gap = max(series_io.MAX_GAP, window if window != "auto" else 0)
+        series = series_io.read_series(data, columns, timestamp, max_gap=max_gap)
+        if progress and (series.put_back or series.out_of_order):
+            click.echo(f"{data}: {len(series.values)} steps of {series.step_seconds} s; "
+                       f"{series.put_back} missing steps put back for gaps in the timestamps, "
+                       f"{series.out_of_order} repeated or earlier timestamps taken as the "
+                       "next step", err=True)  # fmt: skip
         x = x_test = None
     else:
         if columns or timestamp or stride != 1:

@@ -1,0 +1,242 @@
+"""Alarms as readings arrive, judged as NAB judges them: every public NAB series through the
+CLI under NAB's online rule, scored by NAB's own scorer beside its published detectors.
+
+Per series (shared/data/nab): train on the probationary rows (the first 15%, at most 750;
+NAB ignores its detectors' outputs there) with `vae-edge train --window auto`, export,
+`calibrate` on the same rows, then pipe every reading of the file through
+`vae-edge score --model M - --stream`, one line in, one line out. Two detectors go to
+shared/tools/nab/nab_score.py: vaeEdge (the likelihood column, NAB's optimiser picks the
+threshold) and vaeEdgeAlarms (the is_anomaly column: the default alarms, no tuning). The
+alarm share is measured on the normal readings after the probationary rows (outside every
+labelled window). With --designs, the likelihood's constants are varied on the same raw
+scores (how the defaults were chosen).
+
+    python benchmarks/nab.py [--python PY_WITH_PANDAS_LT_2] [--series NAME ...] [--designs]
+
+Writes benchmarks/results/nab.{json,md} (nab-designs.{json,md} with --designs).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import os
+import platform
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from importlib import metadata
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "benchmarks"))
+from report import write_results  # noqa: E402
+
+DETECTOR, ALARMS = "vaeEdge", "vaeEdgeAlarms"
+
+
+def shared() -> Path:
+    return Path(os.environ.get("VAE_EDGE_DATA", REPO.parent / "shared" / "data")).parent
+
+
+def probationary(rows: int) -> int:
+    """NAB's probationary period (nab/util.py getProbationPeriod, 15%)."""
+    return int(min(math.floor(0.15 * rows), 0.15 * 5000))
+
+
+def labelled(stamps: list[str], windows) -> np.ndarray:
+    spans = [(s[:19], e[:19]) for s, e in windows]
+    return np.array([any(s <= t[:19] <= e for s, e in spans) for t in stamps])
+
+
+def run_series(name: str, data: Path, work: Path, cli: str) -> dict:
+    """Train, export, calibrate and stream one series through the CLI; its outputs."""
+    lines = (data / f"{name}.csv").read_text().splitlines()
+    n_prob = probationary(len(lines) - 1)
+    folder = work / name
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "probationary.csv").write_text("\n".join(lines[: n_prob + 1]) + "\n")
+    t0 = time.perf_counter()
+    train = [cli, "train", "--data", str(folder / "probationary.csv"), "--out",
+             str(folder / "run"), "--window", "auto", "-q"]  # fmt: skip
+    # Two series train at once, each on one core: torch's threads on both would make both
+    # ten times slower.
+    one_core = dict(os.environ, OMP_NUM_THREADS="1")
+    subprocess.run(train, check=True, capture_output=True, text=True, env=one_core)
+    train_seconds = time.perf_counter() - t0
+    subprocess.run([cli, "export", str(folder / "run"), "--out", str(folder / "model"),
+                    "--force"], check=True, capture_output=True)  # fmt: skip
+    subprocess.run([cli, "calibrate", "--model", str(folder / "model"), "--data",
+                    str(folder / "probationary.csv")], check=True, capture_output=True)  # fmt: skip
+    t0 = time.perf_counter()
+    with open(data / f"{name}.csv") as source, open(folder / "stream.csv", "w") as sink:
+        p = subprocess.run([cli, "score", "--model", str(folder / "model"), "-", "--stream"],
+                           stdin=source, stdout=sink, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    if p.returncode:
+        raise SystemExit(f"{name}: score --stream failed: {p.stderr}")
+    stream_seconds = time.perf_counter() - t0
+    with open(folder / "stream.csv") as f:
+        out = list(csv.DictReader(f))
+    manifest = json.loads((folder / "model" / "vae.json").read_text())
+    return {
+        "name": name,
+        "rows": len(lines) - 1,
+        "probationary": n_prob,
+        "window": manifest["series"]["window"],
+        "train_seconds": round(train_seconds, 1),
+        "stream_seconds": round(stream_seconds, 1),
+        "report": p.stderr.strip().splitlines()[-1],
+        "timestamps": [r["timestamp"] for r in out],
+        "score": np.array([float(r["score"]) for r in out]),
+        "likelihood": np.array([float(r["likelihood"]) for r in out]),
+        "is_anomaly": np.array([int(r["is_anomaly"]) for r in out]),
+    }
+
+
+def nab_scores(detector: str, outputs: dict[str, tuple[list[str], np.ndarray]], python: str,
+               tmp: Path) -> dict[str, dict[str, float]]:  # fmt: skip
+    """NAB's scorer on one detector's anomaly_score per series; every row of its table
+    (the reference detectors too), by detector: standard, low FP, low FN."""
+    folder = tmp / detector
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, (stamps, scores) in outputs.items():
+        with open(folder / f"{name}.csv", "w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(["timestamp", "anomaly_score"])
+            w.writerows(zip(stamps, (f"{s:.10g}" for s in scores), strict=True))
+    tool = shared() / "tools" / "nab" / "nab_score.py"
+    p = subprocess.run([sys.executable, str(tool), str(folder), "--name", detector,
+                        "--python", python], capture_output=True, text=True)  # fmt: skip
+    if p.returncode:
+        raise SystemExit(f"nab_score.py failed for {detector}: {p.stdout}{p.stderr}")
+    table = {}
+    for line in p.stdout.splitlines():
+        m = re.match(r"^(\w+)\s+(-?[\d.]+)\s+(-?[\d.]+)\s+(-?[\d.]+)$", line)
+        if m:
+            table[m[1]] = {"standard": float(m[2]), "low_fp": float(m[3]), "low_fn": float(m[4])}
+    return table
+
+
+def alarm_shares(results: list[dict], windows: dict) -> dict:
+    """Share of alarms among the normal readings after the probationary rows."""
+    per_series, alarms, normal = {}, 0, 0
+    for r in results:
+        inside = labelled(r["timestamps"], windows[r["name"]])
+        keep = ~inside
+        keep[: r["probationary"]] = False
+        a, n = int(r["is_anomaly"][keep].sum()), int(keep.sum())
+        per_series[r["name"]] = a / max(n, 1)
+        alarms += a
+        normal += n
+    shares = sorted(per_series.values())
+    return {"pooled": alarms / normal, "median": float(np.median(shares)),
+            "worst": shares[-1], "per_series": per_series}  # fmt: skip
+
+
+def likelihood_variants(results: list[dict]) -> dict[str, dict[str, np.ndarray]]:
+    """The likelihood of the same raw scores under other constants (--designs)."""
+    from vae_edge.runtime import alarm
+
+    variants = {}
+    for average in (1, 5, 10, 20):
+        for history in (288, 576, 2016, 8640):
+            for learning in (288,):
+                key = f"average {average} history {history}"
+                variants[key] = {}
+                for r in results:
+                    lik = alarm.AnomalyLikelihood(average, max(history, learning), learning)
+                    w = r["window"]
+                    variants[key][r["name"]] = np.array(
+                        [lik.update(s) if i >= w - 1 else 0.0 for i, s in enumerate(r["score"])]
+                    )
+    return variants
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--python", default=str(REPO / ".venv-nab" / "bin" / "python"),
+                    help="a python with pandas < 2 and numpy < 2 for NAB's scorer")  # fmt: skip
+    ap.add_argument("--series", nargs="*")
+    ap.add_argument("--work", default=str(REPO / "build" / "nab"))
+    ap.add_argument("--designs", action="store_true")
+    a = ap.parse_args()
+    data = shared() / "data" / "nab"
+    windows = json.loads((data / "labels.json").read_text())
+    names = a.series or sorted(p.stem for p in data.glob("*__*.csv"))
+    cli = str(Path(sys.executable).parent / "vae-edge")
+    started = time.perf_counter()
+    with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+        results = list(pool.map(lambda n: run_series(n, data, Path(a.work), cli), names))
+    for r in results:
+        print(f"{r['name']}: W {r['window']}, trained in {r['train_seconds']} s; {r['report']}")
+    if a.series:
+        return  # NAB's scorer takes every public series
+    tmp = Path(tempfile.mkdtemp(prefix="bench-nab-"))
+    if a.designs:
+        designs = {}
+        for key, scores in likelihood_variants(results).items():
+            outputs = {r["name"]: (r["timestamps"], scores[r["name"]]) for r in results}
+            designs[key] = nab_scores("vaeEdgeDesign", outputs, a.python, tmp)["vaeEdgeDesign"]
+            print(key, designs[key])
+        rows = sorted(designs.items(), key=lambda kv: -kv[1]["standard"])
+        table = "| likelihood | standard | low FP | low FN |\n| --- | --- | --- | --- |\n"
+        table += "".join(f"| {k} | {v['standard']:.1f} | {v['low_fp']:.1f} | {v['low_fn']:.1f} |\n"
+                         for k, v in rows)  # fmt: skip
+        write_results("nab-designs", designs, f"# NAB: the likelihood's constants\n\n"
+                      f"{environment()}; {time.perf_counter() - started:.0f} s.", table)  # fmt: skip
+        return
+    likelihood = {r["name"]: (r["timestamps"], r["likelihood"]) for r in results}
+    flags = {r["name"]: (r["timestamps"], r["is_anomaly"].astype(float)) for r in results}
+    table = nab_scores(DETECTOR, likelihood, a.python, tmp)
+    table[ALARMS] = nab_scores(ALARMS, flags, a.python, tmp)[ALARMS]
+    shares = alarm_shares(results, windows)
+    seconds = [r["train_seconds"] for r in results]
+    per_reading = sum(r["stream_seconds"] for r in results) / sum(r["rows"] for r in results)
+    summary = {
+        "series": len(results),
+        "nab": table,
+        "alarm_share": shares,
+        "train_seconds": {"median": float(np.median(seconds)), "max": max(seconds)},
+        "stream_ms_per_reading_with_startup": 1000 * per_reading,
+        "per_series": [{k: r[k] for k in ("name", "rows", "probationary", "window",
+                        "train_seconds", "stream_seconds", "report")} for r in results],
+        "seconds": round(time.perf_counter() - started, 1),
+    }
+    md = "| detector | standard | reward low FP | reward low FN |\n| --- | --- | --- | --- |\n"
+    for det, v in sorted(table.items(), key=lambda kv: -kv[1]["standard"]):
+        bold = "**" if det in (DETECTOR, ALARMS) else ""
+        md += (f"| {bold}{det}{bold} | {v['standard']:.1f} | {v['low_fp']:.1f} | "
+               f"{v['low_fn']:.1f} |\n")  # fmt: skip
+    md += (f"\nAlarms (is_anomaly) on the normal readings after the probationary rows: "
+           f"{shares['pooled']:.2%} pooled, median series {shares['median']:.2%}, worst "
+           f"{shares['worst']:.2%}.\nTraining on the probationary rows: median "
+           f"{summary['train_seconds']['median']:.1f} s, at most {max(seconds):.1f} s per "
+           f"series. Streaming through the CLI (one process per series, a line in and out "
+           f"per reading): {summary['stream_ms_per_reading_with_startup']:.2f} ms per "
+           "reading, start-up included.\n\n| series | rows | W | train s | stream report |\n"
+           "| --- | --- | --- | --- | --- |\n")  # fmt: skip
+    for r in results:
+        md += (f"| {r['name'].split('__')[1]} | {r['rows']} | {r['window']} | "
+               f"{r['train_seconds']} | {r['report']} |\n")  # fmt: skip
+    header = (f"# NAB under its online rule: vae-edge beside NAB's published detectors\n\n"
+              f"{environment()}; {summary['seconds']:.0f} s. Written by benchmarks/nab.py: "
+              f"{len(results)} public series, NAB's scorer (shared/tools/nab), 100 = perfect, "
+              "0 = never alarms.")  # fmt: skip
+    write_results("nab", summary, header, md)
+
+
+def environment() -> str:
+    versions = ", ".join(f"{p} {metadata.version(p)}" for p in ("vae-edge", "onnxruntime", "numpy"))
+    return (f"{platform.machine()}, {os.cpu_count()} cores, {platform.platform()}; Python "
+            f"{platform.python_version()}; {versions}")  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
