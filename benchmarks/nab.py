@@ -77,8 +77,8 @@ def run_series(name: str, data: Path, work: Path, cli: str) -> dict:
                     str(folder / "probationary.csv")], check=True, capture_output=True)  # fmt: skip
     t0 = time.perf_counter()
     with open(data / f"{name}.csv") as source, open(folder / "stream.csv", "w") as sink:
-        p = subprocess.run([cli, "score", "--model", str(folder / "model"), "-", "--stream"],
-                           stdin=source, stdout=sink, stderr=subprocess.PIPE, text=True)  # fmt: skip
+        command = [cli, "score", "--model", str(folder / "model"), "-", "--stream"]
+        p = subprocess.run(command, stdin=source, stdout=sink, stderr=subprocess.PIPE, text=True)
     if p.returncode:
         raise SystemExit(f"{name}: score --stream failed: {p.stderr}")
     stream_seconds = time.perf_counter() - t0
@@ -140,23 +140,81 @@ def alarm_shares(results: list[dict], windows: dict) -> dict:
             "worst": shares[-1], "per_series": per_series}  # fmt: skip
 
 
-def likelihood_variants(results: list[dict]) -> dict[str, dict[str, np.ndarray]]:
-    """The likelihood of the same raw scores under other constants (--designs)."""
+def design_inputs(results: list[dict], work: Path, data: Path) -> dict[str, dict]:
+    """Per series, what the likelihood could be fed: the -ELBO of the window ending at each
+    reading (the score column) and the reading's own loss (the window's last step)."""
+    from vae_edge.runtime import EdgeVAE
+    from vae_edge.runtime.series import SeriesStream
+
+    class Recording(SeriesStream):
+        def _score(self, windows, first):
+            scores, newest, features = super()._score(windows, first)
+            self.recorded.append((scores, newest))
+            return scores, newest, features
+
+    inputs = {}
+    for r in results:
+        model = EdgeVAE.load(work / r["name"] / "model")
+        stream = Recording(model, model.settings())
+        stream.recorded = []
+        stream.push_lines((data / f"{r['name']}.csv").read_text().splitlines())
+        inputs[r["name"]] = {
+            "window -ELBO": np.concatenate([s for s, _ in stream.recorded]).astype(np.float64),
+            "reading's loss": np.concatenate([n for _, n in stream.recorded]),
+        }
+    return inputs
+
+
+def likelihoods(values: np.ndarray, window: int, average: int, history: int) -> np.ndarray:
     from vae_edge.runtime import alarm
 
-    variants = {}
-    for average in (1, 5, 10, 20):
-        for history in (288, 576, 2016, 8640):
-            for learning in (288,):
-                key = f"average {average} history {history}"
-                variants[key] = {}
-                for r in results:
-                    lik = alarm.AnomalyLikelihood(average, max(history, learning), learning)
-                    w = r["window"]
-                    variants[key][r["name"]] = np.array(
-                        [lik.update(s) if i >= w - 1 else 0.0 for i, s in enumerate(r["score"])]
-                    )
-    return variants
+    lik = alarm.AnomalyLikelihood(average, history, alarm.LEARNING)
+    return np.array([lik.update(v) if i >= window - 1 else 0.0 for i, v in enumerate(values)])
+
+
+def alarms(likelihood: np.ndarray, threshold: float, quiet: int) -> np.ndarray:
+    """The stream's alarm rule: above the threshold, at most once in `quiet` readings."""
+    out, since = np.zeros(len(likelihood)), quiet
+    for i, v in enumerate(likelihood):
+        out[i] = v > threshold and since >= quiet
+        since = 0 if out[i] else since + 1
+    return out
+
+
+def designs(results: list[dict], work: Path, data: Path, python: str, windows: dict) -> dict:
+    """NAB standard scores (nab_sweep.py) of the likelihood's input and constants, and of
+    the default alarm's threshold and quiet span, with the alarm shares."""
+    from vae_edge.runtime import alarm
+
+    inputs = design_inputs(results, work, data)
+    width = {r["name"]: r["window"] for r in results}
+    candidates = {}
+    for feed in ("window -ELBO", "reading's loss"):
+        for average in (1, 10):
+            for history in (2016, alarm.HISTORY):
+                key = f"likelihood of the {feed}, average {average}, history {history}"
+                candidates[key] = {n: likelihoods(v[feed], width[n], average, history)
+                                   for n, v in inputs.items()}  # fmt: skip
+    default = candidates[f"likelihood of the reading's loss, average {alarm.AVERAGE}, history "
+                         f"{alarm.HISTORY}"]  # fmt: skip
+    for threshold in (0.8, 0.85, 0.88, 0.9, 0.92, 0.95):
+        for span in (1, 2):
+            key = f"alarms above {threshold}, quiet for {span} W"
+            candidates[key] = {n: alarms(v, threshold, span * width[n]) for n, v in default.items()}
+    tmp = Path(tempfile.mkdtemp(prefix="nab-designs-"))
+    np.savez(tmp / "candidates.npz", **{f"{c}/{n}": v for c, d in candidates.items()
+                                        for n, v in d.items()})  # fmt: skip
+    nab = shared() / "tools" / "nab" / "code"
+    p = subprocess.run([python, str(REPO / "benchmarks" / "nab_sweep.py"),
+                        str(tmp / "candidates.npz"), str(data),
+                        str(nab / "combined_windows_public.json")],
+                       capture_output=True, text=True, check=True)  # fmt: skip
+    scored = json.loads(p.stdout)
+    for key, flags in candidates.items():
+        if key.startswith("alarms"):
+            fake = [dict(r, is_anomaly=flags[r["name"]]) for r in results]
+            scored[key]["alarm_share"] = alarm_shares(fake, windows)["pooled"]
+    return scored
 
 
 def main() -> None:
@@ -180,17 +238,17 @@ def main() -> None:
         return  # NAB's scorer takes every public series
     tmp = Path(tempfile.mkdtemp(prefix="bench-nab-"))
     if a.designs:
-        designs = {}
-        for key, scores in likelihood_variants(results).items():
-            outputs = {r["name"]: (r["timestamps"], scores[r["name"]]) for r in results}
-            designs[key] = nab_scores("vaeEdgeDesign", outputs, a.python, tmp)["vaeEdgeDesign"]
-            print(key, designs[key])
-        rows = sorted(designs.items(), key=lambda kv: -kv[1]["standard"])
-        table = "| likelihood | standard | low FP | low FN |\n| --- | --- | --- | --- |\n"
-        table += "".join(f"| {k} | {v['standard']:.1f} | {v['low_fp']:.1f} | {v['low_fn']:.1f} |\n"
-                         for k, v in rows)  # fmt: skip
-        write_results("nab-designs", designs, f"# NAB: the likelihood's constants\n\n"
-                      f"{environment()}; {time.perf_counter() - started:.0f} s.", table)  # fmt: skip
+        scored = designs(results, Path(a.work), data, a.python, windows)
+        table = "| design | NAB standard | alarm share |\n| --- | --- | --- |\n"
+        for key, v in sorted(scored.items(), key=lambda kv: -kv[1]["standard"]):
+            share = f"{v['alarm_share']:.2%}" if "alarm_share" in v else ""
+            table += f"| {key} | {v['standard']:.1f} | {share} |\n"
+        write_results("nab-designs", scored, "# NAB: the likelihood's input and constants, the "
+                      f"default alarm\n\n{environment()}; {time.perf_counter() - started:.0f} s. "
+                      "Written by benchmarks/nab.py --designs: NAB's standard profile (NAB's "
+                      "Sweeper and threshold optimiser, benchmarks/nab_sweep.py) on the 29 "
+                      "public series, the same trained models; the alarm share is of the normal "
+                      "readings after the probationary rows.", table)  # fmt: skip
         return
     likelihood = {r["name"]: (r["timestamps"], r["likelihood"]) for r in results}
     flags = {r["name"]: (r["timestamps"], r["is_anomaly"].astype(float)) for r in results}
@@ -205,8 +263,21 @@ def main() -> None:
         "alarm_share": shares,
         "train_seconds": {"median": float(np.median(seconds)), "max": max(seconds)},
         "stream_ms_per_reading_with_startup": 1000 * per_reading,
-        "per_series": [{k: r[k] for k in ("name", "rows", "probationary", "window",
-                        "train_seconds", "stream_seconds", "report")} for r in results],
+        "per_series": [
+            {
+                k: r[k]
+                for k in (
+                    "name",
+                    "rows",
+                    "probationary",
+                    "window",
+                    "train_seconds",
+                    "stream_seconds",
+                    "report",
+                )
+            }
+            for r in results
+        ],
         "seconds": round(time.perf_counter() - started, 1),
     }
     md = "| detector | standard | reward low FP | reward low FN |\n| --- | --- | --- | --- |\n"

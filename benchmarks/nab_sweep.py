@@ -19,10 +19,9 @@ from pathlib import Path
 
 candidates_path, series_dir, windows_path = sys.argv[1:4]
 sys.path.insert(0, str(Path(windows_path).parent))
+import numpy as np  # noqa: E402
 from nab.sweeper import Sweeper  # noqa: E402
 from nab.util import getProbationPeriod  # noqa: E402
-
-import numpy as np  # noqa: E402
 
 COST = {"tpWeight": 1.0, "fnWeight": 1.0, "fpWeight": 0.11, "tnWeight": 1.0}
 

@@ -66,8 +66,9 @@ def calibrate(
     )
 
 
-def calibrate_alarm(model: EdgeVAE, values, quantile: float | None = None,
-                    contamination: float | None = None) -> tuple[float, str, np.ndarray]:
+def calibrate_alarm(
+    model: EdgeVAE, values, quantile: float | None = None, contamination: float | None = None
+) -> tuple[float, str, np.ndarray]:
     """A windowed model's alarm threshold on the likelihood, from a series of normal
     readings (T,) or (T, C) streamed through it: the `quantile` of the likelihoods it gets
     once it speaks (or 1 - contamination), else the model's current threshold (the

@@ -16,9 +16,9 @@ from typing import Any
 
 import numpy as np
 
+from vae_edge.runtime.alarm import ALARM_THRESHOLD
 from vae_edge.runtime.errors import BundleError
 from vae_edge.runtime.scoring import DEFAULT_SCORE_TYPE, SCORE_TYPES
-from vae_edge.runtime.alarm import ALARM_THRESHOLD
 
 FORMAT_VERSION = 1
 MANIFEST_FILE = "vae.json"

@@ -187,8 +187,9 @@ def steps_between(before, t, step_seconds: int) -> int:
 
 def fill_gaps(x: np.ndarray, t: np.ndarray, step_seconds: int, max_gap: int = MAX_GAP):
     """Readings x (n, C) at timestamps t (n,) on their step grid: each reading is
-    steps_between the latest timestamp before it and its own, the steps between them put back as missing (at most max_gap per
-    gap: a longer gap leaves no reading in any window beside it either). Returns the
+    steps_between the latest timestamp before it and its own, the steps between them put
+    back as missing (at most max_gap per gap: a longer gap leaves no reading in any window
+    beside it either). Returns the
     values, the timestamps of every step (put-back ones on the grid after the reading
     before) and how many readings came with a timestamp not after the one before."""
     if not len(t):
@@ -399,8 +400,6 @@ def auto_window(values: np.ndarray) -> int:
     return max(2, min(window, read // MOST_OF_SERIES))
 
 
-
-
 # -- a stream ----------------------------------------------------------------------------
 
 
@@ -589,11 +588,11 @@ class SeriesStream:
         """Steps from the reading before to one at timestamp t (None: 1)."""
         if t is None or not self.step_seconds:
             return 1
-        last, self._last_time = self._last_time, t if self._last_time is None else max(
-            self._last_time, t
-        )
+        last = self._last_time
         if last is None:
+            self._last_time = t
             return 1
+        self._last_time = max(last, t)  # an earlier timestamp does not set the clock back
         if t <= last:
             self.report.out_of_order += 1
         return steps_between(last, t, self.step_seconds)
@@ -610,8 +609,9 @@ class SeriesStream:
         InputError when most readings were missing or unreadable (MOST_MISSING)."""
         r = self.report
         if whole and r.missing > MOST_MISSING * max(r.readings, 1):
-            raise InputError(f"{self.where}: {r.missing / r.readings:.0%} of the readings are "
-                             f"missing or unreadable; at most {MOST_MISSING:.0%} may be")  # fmt: skip
+            share = r.missing / r.readings
+            raise InputError(f"{self.where}: {share:.0%} of the readings are missing or "
+                             f"unreadable; at most {MOST_MISSING:.0%} may be")  # fmt: skip
         if whole and not r.readings:
             raise InputError(f"{self.where}: no readings")
         return r

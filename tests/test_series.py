@@ -122,7 +122,7 @@ def test_irregular_sampling_is_put_on_its_grid(tmp_path):
     values = np.sin(np.arange(n) / 10.0)
     csv = tmp_path / "jitter.csv"
     csv.write_text("timestamp,value\n" + "".join(
-        f"{str(s).replace('T', ' ')},{float(v)!r}\n" for s, v in zip(t, values)))  # fmt: skip
+        f"{str(s).replace('T', ' ')},{float(v)!r}\n" for s, v in zip(t, values, strict=True)))  # fmt: skip
     s = read_series(csv)
     assert s.step_seconds == 300 and s.out_of_order == 1
     # The jitter rounds away; the gap's 36 steps, and one after the repeated timestamp
@@ -182,7 +182,8 @@ def fields(batch):
 
 def assert_same(batches, whole):
     """The batches, joined, equal the whole series' batch bit for bit."""
-    for got, want in zip(zip(*[fields(b) for b in batches]), fields(whole), strict=True):
+    parts = zip(*[fields(b) for b in batches], strict=True)
+    for got, want in zip(parts, fields(whole), strict=True):
         assert np.array_equal(np.concatenate(got), want)
 
 
@@ -389,7 +390,8 @@ def test_cli_calibrate_and_evaluate_with_labels(pump_bundle, tmp_path):
 
     bundle = tmp_path / "bundle"
     shutil.copytree(pump_bundle, bundle)
-    csv = write_csv(tmp_path / "p.csv", pump(LEARNING + 200, seed=6), names=["a", *CHANNELS[1:]])
+    x = np.hstack([pump(LEARNING + 200, seed=6), np.ones((LEARNING + 200, 1))])
+    csv = write_csv(tmp_path / "p.csv", x, names=["a", *CHANNELS[1:], "extra"])
     r = run_cli("calibrate", "--model", bundle, "--data", csv)  # not the model's columns
     assert r.returncode != 0 and "choose with --columns" in r.stderr
     r = run_cli("calibrate", "--model", bundle, "--data", csv, "--columns",
