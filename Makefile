@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo install install-gpu test test-runtime-only tiny-bundle model bench bench-anomaly bench-score-cost bench-default-score bench-one-class bench-scale bench-series compat lint clean
+.PHONY: demo install install-gpu test test-runtime-only tiny-bundle model bench bench-anomaly bench-score-cost bench-default-score bench-one-class bench-scale bench-series bench-nab compat lint clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -109,6 +109,19 @@ bench-series: $(BIN)/python
 	$(SERIES_VENV)/bin/pip install -q -e '.[train]' 'numpy<2'
 	$(SERIES_VENV)/bin/python benchmarks/series.py
 
+# Alarms as readings arrive, judged by NAB's own scorer (shared/tools/nab) beside NAB's
+# published detectors: every public NAB series of $(VAE_EDGE_DATA)/nab trained on its
+# probationary rows and streamed through `vae-edge score - --stream` (about 10 minutes on 2
+# cores); writes benchmarks/results/nab.{json,md}, and with DESIGNS=1 nab-designs.{json,md}
+# (how the likelihood's constants and the default alarm were chosen). NAB's scorer needs
+# pandas < 2 and numpy < 2: its own venv.
+NAB_VENV := .venv-nab
+bench-nab: install
+	test -x $(NAB_VENV)/bin/python || $(PYTHON) -m venv $(NAB_VENV)
+	$(NAB_VENV)/bin/pip install -q 'pandas<2' 'numpy<2'
+	$(BIN)/python benchmarks/nab.py --python $(NAB_VENV)/bin/python
+	test -z "$(DESIGNS)" || $(BIN)/python benchmarks/nab.py --python $(NAB_VENV)/bin/python --designs
+
 # Which onnxruntime releases load the bundles (shipped, MLP and conv, fp32/int8/fp16) and
 # give the same numbers: 1.15.1, 1.20.1 and 1.32.0 in throwaway venvs, no torch there
 # (about 2 minutes after the install); writes benchmarks/results/compat.{json,md}.
@@ -119,4 +132,4 @@ lint: install
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .
 
 clean:
-	rm -rf $(VENV) $(RUNTIME_VENV) $(SERIES_VENV) build samples.png .pytest_cache
+	rm -rf $(VENV) $(RUNTIME_VENV) $(SERIES_VENV) $(NAB_VENV) build samples.png .pytest_cache

@@ -165,11 +165,27 @@ def design_inputs(results: list[dict], work: Path, data: Path) -> dict[str, dict
     return inputs
 
 
-def likelihoods(values: np.ndarray, window: int, average: int, history: int) -> np.ndarray:
+def likelihoods(values: np.ndarray, window: int, **constants) -> np.ndarray:
+    """The stream's likelihood of each reading's value (alarm.AnomalyLikelihood), quiet for
+    one window unless `quiet` says otherwise; 0 before the W-th reading, as the stream."""
     from vae_edge.runtime import alarm
 
-    lik = alarm.AnomalyLikelihood(average, history, alarm.LEARNING)
+    lik = alarm.AnomalyLikelihood(**{"quiet": window, **constants})
     return np.array([lik.update(v) if i >= window - 1 else 0.0 for i, v in enumerate(values)])
+
+
+def normal_likelihoods(values: np.ndarray, window: int, history: int) -> np.ndarray:
+    """numenta's way, the peer design: a normal distribution fitted to the log-losses of the
+    last `history` readings (their mean and std), the tail probability of each reading's."""
+    from vae_edge.runtime.alarm import LEARNING, likelihood_of_tail
+
+    logs = np.log1p(np.maximum(values, 0.0))
+    out = np.zeros(len(values))
+    for i in range(window - 1 + LEARNING, len(values)):
+        past = logs[max(window - 1, i - history) : i]
+        z = (logs[i] - past.mean()) / max(past.std(), 0.01)
+        out[i] = likelihood_of_tail(0.5 * math.erfc(z / math.sqrt(2.0)))
+    return out
 
 
 def alarms(likelihood: np.ndarray, threshold: float, quiet: int) -> np.ndarray:
@@ -182,22 +198,35 @@ def alarms(likelihood: np.ndarray, threshold: float, quiet: int) -> np.ndarray:
 
 
 def designs(results: list[dict], work: Path, data: Path, python: str, windows: dict) -> dict:
-    """NAB standard scores (nab_sweep.py) of the likelihood's input and constants, and of
-    the default alarm's threshold and quiet span, with the alarm shares."""
+    """NAB standard scores (nab_sweep.py) of the likelihood's input, tail fit, history,
+    tail level and quiet span, and of the default alarm's threshold and quiet span, with
+    the alarm shares."""
     from vae_edge.runtime import alarm
 
     inputs = design_inputs(results, work, data)
     width = {r["name"]: r["window"] for r in results}
+    loss = "reading's loss"
     candidates = {}
-    for feed in ("window -ELBO", "reading's loss"):
-        for average in (1, 10):
-            for history in (2016, alarm.HISTORY):
-                key = f"likelihood of the {feed}, average {average}, history {history}"
-                candidates[key] = {n: likelihoods(v[feed], width[n], average, history)
-                                   for n, v in inputs.items()}  # fmt: skip
-    default = candidates[f"likelihood of the reading's loss, average {alarm.AVERAGE}, history "
-                         f"{alarm.HISTORY}"]  # fmt: skip
-    for threshold in (0.8, 0.85, 0.88, 0.9, 0.92, 0.95):
+
+    def add(key, make):
+        candidates[key] = {n: make(v, width[n]) for n, v in inputs.items()}
+
+    for history in (2016, alarm.HISTORY):
+        add(f"normal fit (numenta), history {history}, not quiet",
+            lambda v, w, h=history: normal_likelihoods(v[loss], w, h))  # fmt: skip
+    for feed in ("window -ELBO", loss):
+        for history in (2016, alarm.HISTORY):
+            add(f"tail fit of the {feed}, history {history}",
+                lambda v, w, f=feed, h=history: likelihoods(v[f], w, history=h))  # fmt: skip
+    add("tail fit, not quiet", lambda v, w: likelihoods(v[loss], w, quiet=1))
+    for span in (2, 4):
+        add(f"tail fit, quiet for {span} W",
+            lambda v, w, s=span: likelihoods(v[loss], w, quiet=s * w))  # fmt: skip
+    for level in (0.97, 0.99):
+        add(f"tail fit, tail level {level}",
+            lambda v, w, q=level: likelihoods(v[loss], w, level=q))  # fmt: skip
+    default = candidates[f"tail fit of the {loss}, history {alarm.HISTORY}"]
+    for threshold in (0.35, 0.4, 0.45, 0.5, 0.55, 0.6, 0.7):
         for span in (1, 2):
             key = f"alarms above {threshold}, quiet for {span} W"
             candidates[key] = {n: alarms(v, threshold, span * width[n]) for n, v in default.items()}

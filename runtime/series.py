@@ -455,7 +455,7 @@ class SeriesStream:
         self.window, self.channels = spec.window, len(spec.channels)
         self.step_seconds = spec.step_seconds
         self.threshold = spec.alarm_threshold if threshold is None else float(threshold)
-        self.likelihood = AnomalyLikelihood()
+        self.likelihood = AnomalyLikelihood(quiet=self.window)
         self.report = StreamReport()
         self.reader: SeriesReader | None = None  # from the first line, by push_line(s)
         self._columns, self._timestamp = columns, timestamp
