@@ -7,6 +7,7 @@ reported as one line on stderr with exit code 2; output files appear whole or no
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import sys
@@ -296,12 +297,15 @@ def reconstruct(model_dir, input_path, n, seed, output, device, threads):
               "channels' columns (default: the names it was trained with).")  # fmt: skip
 @click.option("--timestamp", help="A windowed model: the timestamp column, or 'none' "
               "(default: the one it was trained with, else as train finds it).")  # fmt: skip
+@click.option("--hindsight", is_flag=True, help="A windowed model's file: add the column "
+              "hindsight, each reading's mean score over the windows that hold it (known "
+              "W - 1 readings later; ranks anomalies better after the fact).")  # fmt: skip
 @click.option("--stream", is_flag=True, help="A windowed model: write and flush one line "
               "per reading as it arrives (INPUT - reads standard input, e.g. a sensor "
               "pipe).")  # fmt: skip
 def score(model_dir, input_path, score_type, samples, complexity, seed, batch_size, threshold,
           per_feature, output, device, threads, no_verify, engine, address, actors,
-          cpus_per_actor, keep, columns, timestamp, stream):  # fmt: skip
+          cpus_per_actor, keep, columns, timestamp, hindsight, stream):  # fmt: skip
     """Score INPUT (.npz/.npy/.csv/.png or a PNG folder): anomaly score per sample; with a
     windowed model, INPUT is a series (.csv, .npy, or - for standard input) and the
     output one row per time step.
@@ -344,18 +348,21 @@ def score(model_dir, input_path, score_type, samples, complexity, seed, batch_si
     if model.manifest.series is not None:
         if stream and output is not None:
             raise click.UsageError("--stream writes to standard output: leave out -o")
+        if stream and hindsight:
+            raise click.UsageError("--hindsight waits W - 1 readings: not with --stream")
         given = [name for name, value in ray_only.items() if value and name != "--columns"]
         if given:
             raise click.UsageError(f"{given[0]} needs --engine ray")
         _score_series(model, input_path, settings, threshold, per_feature, output,
-                      _names(columns) or None, timestamp, stream)  # fmt: skip
+                      _names(columns) or None, timestamp, stream, hindsight)  # fmt: skip
         return
     given = [name for name, value in ray_only.items() if value]
     if given:
         raise click.UsageError(f"{given[0]} needs --engine ray")
-    if stream or timestamp:
-        raise click.UsageError(f"{'--stream' if stream else '--timestamp'} is for windowed "
-                               "models (trained with --window)")  # fmt: skip
+    series_only = {"--stream": stream, "--timestamp": timestamp, "--hindsight": hindsight}
+    given = [name for name, value in series_only.items() if value]
+    if given:
+        raise click.UsageError(f"{given[0]} is for windowed models (trained with --window)")
     try:
         total, chunks = stream_input(input_path, rows=max(batch_size, 4096))
         batches = model.score_batches(chunks, settings, per_feature)
@@ -369,13 +376,13 @@ def score(model_dir, input_path, score_type, samples, complexity, seed, batch_si
 
 
 def _score_series(model, input_path, settings, threshold, per_feature, output, columns,
-                  timestamp, stream) -> None:  # fmt: skip
+                  timestamp, stream, hindsight) -> None:  # fmt: skip
     """A windowed model's results, a row per reading: the lines of INPUT piped through one
     SeriesStream (a line at a time with --stream, else in chunks: the same numbers), its
-    report on stderr at the end."""
+    report on stderr at the end. --hindsight holds the file's results until its end."""
     from vae_edge.runtime.errors import InputError
     from vae_edge.runtime.output import write_scores
-    from vae_edge.runtime.series import SeriesStream, read_series
+    from vae_edge.runtime.series import SeriesStream, hindsight_scores, read_series
 
     where = "standard input" if str(input_path) == "-" else str(input_path)
     suffix = "" if where == "standard input" else input_path.suffix.lower()
@@ -391,12 +398,28 @@ def _score_series(model, input_path, settings, threshold, per_feature, output, c
         else:
             lines = _series_lines(input_path, where)
             pieces = (scorer.push_lines(chunk) for chunk in _chunked(lines, 1 if stream else 4096))
-        yield from (batch for batch in pieces if batch is not None)
+        batches = (batch for batch in pieces if batch is not None)
+        if hindsight and (batches := list(batches)):
+            whole = _joined_batches(batches)
+            after = hindsight_scores(whole.scores, scorer.window)
+            batches = [dataclasses.replace(whole, hindsight=after)]
+        yield from batches
         scorer.close(whole=not stream)
 
     write_scores(batches(), output, sys.stdout, feature_names=model.manifest.series.channels,
                  flush=stream)  # fmt: skip
     click.echo(f"{where}: {scorer.report}", err=True)
+
+
+def _joined_batches(batches):
+    """One ScoredBatch of consecutive ones."""
+    import numpy as np
+
+    parts = {f.name: [getattr(b, f.name) for b in batches]
+             for f in dataclasses.fields(batches[0]) if f.name != "start"}  # fmt: skip
+    return dataclasses.replace(batches[0], **{
+        name: None if values[0] is None else np.concatenate(values)
+        for name, values in parts.items()})  # fmt: skip
 
 
 def _series_lines(input_path, where):

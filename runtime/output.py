@@ -2,10 +2,10 @@
 a temporary file beside it, renamed at the end) or CSV to a text stream.
 
 CSV columns: index, timestamp (a series' readings', as given, when the input has them),
-score, likelihood (a series' readings), is_anomaly (0/1, when there is a threshold or a
-likelihood), feature_0 ... (per-feature losses, when asked; a series' are per channel,
-feature_<channel name>). JSONL: one object per row with
-the same fields, "features" a list. .npy: the scores alone, float32 (N,).
+score, likelihood (a series' readings), hindsight (a series' file, when asked),
+is_anomaly (0/1, when there is a threshold or a likelihood), feature_0 ... (per-feature
+losses, when asked; a series' are per channel, feature_<channel name>). JSONL: one object
+per row with the same fields, "features" a list. .npy: the scores alone, float32 (N,).
 """
 
 from __future__ import annotations
@@ -61,6 +61,7 @@ def _write_text(batches, f: IO, rows, feature_names=None, flush: bool = False) -
 def _csv_header(batch: ScoredBatch, feature_names=None) -> str:
     header = "index" + (",timestamp" if batch.timestamps is not None else "") + ",score"
     header += ",likelihood" if batch.likelihood is not None else ""
+    header += ",hindsight" if batch.hindsight is not None else ""
     header += ",is_anomaly" if batch.is_anomaly is not None else ""
     if batch.feature_losses is not None:
         n_features = batch.feature_losses[0].size if len(batch.scores) else 0
@@ -82,6 +83,9 @@ def _columns(batch: ScoredBatch) -> tuple[list, str]:
     if batch.likelihood is not None:
         columns.append(batch.likelihood.tolist())
         fmt += ",%.10g"
+    if batch.hindsight is not None:
+        columns.append(batch.hindsight.tolist())
+        fmt += ",%.9g"
     if batch.is_anomaly is not None:
         columns.append(batch.is_anomaly.tolist())
         fmt += ",%d"
@@ -120,6 +124,8 @@ def _jsonl_rows(batch: ScoredBatch) -> str:
         row["score"] = score
         if likelihood is not None:
             row["likelihood"] = likelihood[i]
+        if batch.hindsight is not None:
+            row["hindsight"] = float(batch.hindsight[i])
         if flags is not None:
             row["is_anomaly"] = flags[i]
         if features is not None:

@@ -82,6 +82,7 @@ class ScoredBatch:
     feature_losses: np.ndarray | None = None  # (n, *input_shape) float32, when asked
     timestamps: np.ndarray | None = None  # (n,) a series' readings' timestamps, as given
     likelihood: np.ndarray | None = None  # (n,) float64 in [0, 1], a series' readings
+    hindsight: np.ndarray | None = None  # (n,) float32, a series' readings after the fact
 
 
 def scores_at_mean(losses, mu, logvar, score_type: str) -> np.ndarray:
