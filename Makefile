@@ -45,7 +45,7 @@ test-runtime-only:
 	$(RUNTIME_VENV)/bin/python -c "import onnxruntime as o; assert o.__version__ == '$(OLDEST_ONNXRUNTIME)', o.__version__"
 	$(RUNTIME_VENV)/bin/python -c "import importlib.util as u; missing = [m for m in ('torch', 'onnx') if u.find_spec(m)]; assert not missing, missing"
 	$(RUNTIME_VENV)/bin/python -c "import vae_edge.runtime as r; assert '$(RUNTIME_VENV)' in r.__file__, r.__file__"
-	$(RUNTIME_VENV)/bin/python -m pytest -p no:cacheprovider tests/test_scoring.py tests/test_runtime.py
+	$(RUNTIME_VENV)/bin/python -m pytest -p no:cacheprovider tests/test_scoring.py tests/test_runtime.py tests/test_alarm.py
 
 # Rebuild tests/data/tiny_bundle, the few-kB table model the runtime tests use (seeded:
 # tests/test_export.py checks that it comes out the same).

@@ -523,7 +523,7 @@ class SeriesStream:
         if x.ndim != 2 or x.shape[1] != self.channels:
             raise InputError(f"readings have shape {np.shape(values)}; this model takes "
                              f"{self.channels} channel(s) per step")  # fmt: skip
-        if np.isinf(x).any():
+        if np.isinf(x.min(initial=0.0)) or np.isinf(x.max(initial=0.0)):  # NaN-aware
             i, channel = np.argwhere(np.isinf(x))[0]
             raise InputError(f"the reading {self.report.readings + i}, channel {channel}, is "
                              "infinite")  # fmt: skip
@@ -541,17 +541,24 @@ class SeriesStream:
 
     def _push(self, x: np.ndarray, stamps, given) -> ScoredBatch:
         first = self.report.readings
-        windows = np.empty((len(x), self.window, self.channels))
+        w = self.window
+        # One reading: its window is a view of the ring (the scoring pass copies it).
+        windows = None if len(x) == 1 else np.empty((len(x), w, self.channels))
         for i, reading in enumerate(x):
             gap = self._steps_to(stamps[i]) - 1 if stamps is not None else 0
             if gap:
                 self.report.put_back += gap
-                for _ in range(min(gap, self.window)):
+                for _ in range(min(gap, w)):
                     self._advance(np.nan)
             self._advance(reading)
-            windows[i] = self._ring[self._end - self.window : self._end]
+            if windows is None:
+                windows = self._ring[None, self._end - w : self._end]
+            else:
+                windows[i] = self._ring[self._end - w : self._end]
         self.report.readings += len(x)
-        self.report.missing += int(np.isnan(x).any(axis=1).sum())
+        missing = np.isnan(x)
+        if missing.any():  # NaN-aware sum: one pass where nothing is missing
+            self.report.missing += int(missing.any(axis=1).sum())
         scores, losses, features = self._score(windows, first)
         likelihood = np.zeros(len(x))
         flags = np.zeros(len(x), bool)
@@ -570,8 +577,10 @@ class SeriesStream:
         `first`'s. A batch holding a window beyond the standardisation's clip is scored in
         float64 (Gaussian.nll): such windows are scored apart from the others, so that a
         reading's numbers never depend on the readings batched with it."""
-        far = self.model.manifest.preprocessing.far_rows(windows)
-        groups = [np.flatnonzero(far), np.flatnonzero(~far)] if far.any() else [None]
+        far = None if len(windows) == 1 else self.model.manifest.preprocessing.far_rows(windows)
+        groups = (
+            [np.flatnonzero(far), np.flatnonzero(~far)] if far is not None and far.any() else [None]
+        )
         scores = np.empty(len(windows), np.float32)
         newest = np.empty(len(windows), np.float64)
         features = np.empty((len(windows), self.channels), np.float32)

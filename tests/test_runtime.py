@@ -472,12 +472,16 @@ import numpy as np
 from vae_edge.runtime import EdgeVAE
 m = EdgeVAE.load({str(TINY_SERIES)!r})
 rng = np.random.default_rng(0)
-x = np.sin(np.arange(300)[:, None] / 2 + np.array([[0.0, 1.0]])) * [1.0, 20.0]
+x = np.sin(np.arange(400)[:, None] / 2 + np.array([[0.0, 1.0]])) * [1.0, 20.0]
 x[100:104, 1] = np.nan
-whole = m.score(x, samples=2)
+x[350, 0] = 9.0
+whole = m.stream(samples=2).push(x)
 scorer = m.stream(samples=2)
-parts = [b.scores for b in map(scorer.push, x) if b is not None] + [scorer.finish().scores]
-assert np.array_equal(np.concatenate(parts), whole) and np.isfinite(whole).all()
+parts = list(map(scorer.push, x))
+for name in ("scores", "likelihood", "is_anomaly"):
+    assert np.array_equal(np.concatenate([getattr(b, name) for b in parts]), getattr(whole, name))
+assert np.isfinite(whole.scores).all() and whole.likelihood.max() > 0
+assert np.array_equal(m.score(x, samples=2), whole.scores)
 print("ok")
 """
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
