@@ -56,7 +56,7 @@ def labelled(stamps: list[str], windows) -> np.ndarray:
     return np.array([any(s <= t[:19] <= e for s, e in spans) for t in stamps])
 
 
-def run_series(name: str, data: Path, work: Path, cli: str) -> dict:
+def run_series(name: str, data: Path, work: Path, cli: str, window: str = "auto") -> dict:
     """Train, export, calibrate and stream one series through the CLI; its outputs."""
     lines = (data / f"{name}.csv").read_text().splitlines()
     n_prob = probationary(len(lines) - 1)
@@ -65,7 +65,7 @@ def run_series(name: str, data: Path, work: Path, cli: str) -> dict:
     (folder / "probationary.csv").write_text("\n".join(lines[: n_prob + 1]) + "\n")
     t0 = time.perf_counter()
     train = [cli, "train", "--data", str(folder / "probationary.csv"), "--out",
-             str(folder / "run"), "--window", "auto", "-q"]  # fmt: skip
+             str(folder / "run"), "--window", window, "-q"]  # fmt: skip
     # Two series train at once, each on one core: torch's threads on both would make both
     # ten times slower.
     one_core = dict(os.environ, OMP_NUM_THREADS="1")
@@ -226,6 +226,14 @@ def designs(results: list[dict], work: Path, data: Path, python: str, windows: d
         add(f"tail fit, tail level {level}",
             lambda v, w, q=level: likelihoods(v[loss], w, level=q))  # fmt: skip
     default = candidates[f"tail fit of the {loss}, history {alarm.HISTORY}"]
+    for fixed in (32, 128):  # the model's window, against auto
+        with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+            others = list(pool.map(lambda r, w=fixed: run_series(
+                r["name"], data, work / f"window-{w}", cli_path(), str(w)), results))  # fmt: skip
+        candidates[f"a fixed window of {fixed} steps"] = {
+            r["name"]: likelihoods(v[loss], fixed)
+            for r in others for v in [design_inputs([r], work / f"window-{fixed}", data)[r["name"]]]
+        }  # fmt: skip
     for threshold in (0.35, 0.4, 0.45, 0.5, 0.55, 0.6, 0.7):
         for span in (1, 2):
             key = f"alarms above {threshold}, quiet for {span} W"
@@ -246,6 +254,10 @@ def designs(results: list[dict], work: Path, data: Path, python: str, windows: d
     return scored
 
 
+def cli_path() -> str:
+    return str(Path(sys.executable).parent / "vae-edge")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--python", default=str(REPO / ".venv-nab" / "bin" / "python"),
@@ -257,7 +269,7 @@ def main() -> None:
     data = shared() / "data" / "nab"
     windows = json.loads((data / "labels.json").read_text())
     names = a.series or sorted(p.stem for p in data.glob("*__*.csv"))
-    cli = str(Path(sys.executable).parent / "vae-edge")
+    cli = cli_path()
     started = time.perf_counter()
     with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
         results = list(pool.map(lambda n: run_series(n, data, Path(a.work), cli), names))

@@ -60,7 +60,8 @@ MIN_STEPS_IMAGES = 10_000
 # A series' windows overlap (stride 1): a few hundred readings give hundreds of windows
 # that are nearly copies. On NAB's 29 public series trained on their first 750 readings,
 # 1,000 steps scored best under NAB's scorer (likelihood 54.3, alarms 56.0) against 300
-# (48.8, 50.3) and a table's 4,000 (49.9, 52.3), in seconds rather than minutes.
+# (48.8, 50.3) and a table's 4,000 (49.9, 52.3), in seconds rather than minutes
+# (benchmarks/nab.py --designs, rerun with this constant changed).
 MIN_STEPS_SERIES = 1000
 
 
