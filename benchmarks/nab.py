@@ -227,13 +227,13 @@ def designs(results: list[dict], work: Path, data: Path, python: str, windows: d
             lambda v, w, q=level: likelihoods(v[loss], w, level=q))  # fmt: skip
     default = candidates[f"tail fit of the {loss}, history {alarm.HISTORY}"]
     for fixed in (32, 128):  # the model's window, against auto
+        folder = work / f"window-{fixed}"
         with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
-            others = list(pool.map(lambda r, w=fixed: run_series(
-                r["name"], data, work / f"window-{w}", cli_path(), str(w)), results))  # fmt: skip
+            others = list(pool.map(lambda r, f=folder, w=str(fixed): run_series(
+                r["name"], data, f, cli_path(), w), results))  # fmt: skip
+        fed = design_inputs(others, folder, data)
         candidates[f"a fixed window of {fixed} steps"] = {
-            r["name"]: likelihoods(v[loss], fixed)
-            for r in others for v in [design_inputs([r], work / f"window-{fixed}", data)[r["name"]]]
-        }  # fmt: skip
+            n: likelihoods(v[loss], fixed) for n, v in fed.items()}  # fmt: skip
     for threshold in (0.35, 0.4, 0.45, 0.5, 0.55, 0.6, 0.7):
         for span in (1, 2):
             key = f"alarms above {threshold}, quiet for {span} W"

@@ -607,8 +607,13 @@ class SeriesStream:
         return scores, newest, (features if self.per_feature else None)
 
     def _steps_to(self, t) -> int:
-        """Steps from the reading before to one at timestamp t (None: 1)."""
-        if t is None or not self.step_seconds:
+        """Steps from the reading before to one at timestamp t (None: 1, the clock moving
+        on by a step, so that the next timestamp is not taken for a gap)."""
+        if not self.step_seconds:
+            return 1
+        if t is None:
+            if self._last_time is not None:
+                self._last_time += np.timedelta64(self.step_seconds, "s")
             return 1
         last = self._last_time
         if last is None:

@@ -412,3 +412,22 @@ def test_cli_calibrate_and_evaluate_with_labels(pump_bundle, tmp_path):
     assert r.returncode == 0, r.stderr
     result = json.loads((tmp_path / "e.json").read_text())
     assert result["n"] == 400 and result["n_anomalies"] == 26 and result["auroc"] > 0.9
+
+
+def test_a_stream_never_refuses_a_line(pump_bundle):
+    stream = EdgeVAE.load(pump_bundle).stream()
+    header = "timestamp," + ",".join(CHANNELS)
+    good = "2024-01-01 00:00:00," + ",".join(["1.0"] * 5)
+    lines = [header, good, "not a time," + ",".join(["1.0"] * 5), "2024-01-01 00:01:00,1.0",
+             good.replace("00:00:00", "00:03:00").replace("1.0", "x", 1), ""]  # fmt: skip
+    out = [stream.push_line(line) for line in lines]
+    assert out[0] is None and out[-1] is None and all(b is not None for b in out[1:-1])
+    assert [b.timestamps[0] for b in out[1:-1]] == [
+        "2024-01-01 00:00:00",
+        "not a time",
+        "2024-01-01 00:01:00",
+        "2024-01-01 00:03:00",
+    ]
+    r = stream.report  # the line without a time took the step 00:01, so 00:01 is a repeat
+    assert (r.readings, r.unreadable, r.missing, r.out_of_order, r.put_back) == (4, 3, 2, 1, 1)
+    assert all(np.isfinite(b.scores).all() for b in out[1:-1])
