@@ -7,7 +7,6 @@ reported as one line on stderr with exit code 2; output files appear whole or no
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import sys
@@ -382,7 +381,7 @@ def _score_series(model, input_path, settings, threshold, per_feature, output, c
     report on stderr at the end. --hindsight holds the file's results until its end."""
     from vae_edge.runtime.errors import InputError
     from vae_edge.runtime.output import write_scores
-    from vae_edge.runtime.series import SeriesStream, hindsight_scores, read_series
+    from vae_edge.runtime.series import SeriesStream, read_series, with_hindsight
 
     where = "standard input" if str(input_path) == "-" else str(input_path)
     suffix = "" if where == "standard input" else input_path.suffix.lower()
@@ -399,11 +398,7 @@ def _score_series(model, input_path, settings, threshold, per_feature, output, c
             lines = _series_lines(input_path, where)
             pieces = (scorer.push_lines(chunk) for chunk in _chunked(lines, 1 if stream else 4096))
         batches = (batch for batch in pieces if batch is not None)
-        if hindsight and (batches := list(batches)):
-            whole = _joined_batches(batches)
-            after = hindsight_scores(whole.scores, scorer.window)
-            batches = [dataclasses.replace(whole, hindsight=after)]
-        yield from batches
+        yield from with_hindsight(list(batches), scorer.window) if hindsight else batches
         scorer.close(whole=not stream)
 
     write_scores(batches(), output, sys.stdout, feature_names=model.manifest.series.channels,
@@ -411,22 +406,14 @@ def _score_series(model, input_path, settings, threshold, per_feature, output, c
     click.echo(f"{where}: {scorer.report}", err=True)
 
 
-def _joined_batches(batches):
-    """One ScoredBatch of consecutive ones."""
-    import numpy as np
-
-    parts = {f.name: [getattr(b, f.name) for b in batches]
-             for f in dataclasses.fields(batches[0]) if f.name != "start"}  # fmt: skip
-    return dataclasses.replace(batches[0], **{
-        name: None if values[0] is None else np.concatenate(values)
-        for name, values in parts.items()})  # fmt: skip
-
-
 def _series_lines(input_path, where):
+    """The lines of a series; bytes that are not UTF-8 become U+FFFD, so that such a line
+    is an unreadable reading, counted, and never stops a stream."""
     if where == "standard input":
+        sys.stdin.reconfigure(errors="replace")
         return iter(sys.stdin.readline, "")
     try:
-        f = open(input_path, encoding="utf-8-sig")  # noqa: SIM115 (closed with the process)
+        f = open(input_path, encoding="utf-8-sig", errors="replace")  # noqa: SIM115
     except FileNotFoundError:
         raise click.ClickException(f"{input_path}: no such file") from None
     return iter(f)
@@ -526,16 +513,22 @@ def calibrate(model_dir, data_path, quantile, contamination, score_type, samples
     if quantile is not None and contamination is not None:
         raise click.UsageError("give --quantile or --contamination, not both")
     model = _load(model_dir, "cpu", None)
-    if model.manifest.series is not None:
+    if model.manifest.series is not None:  # the data streamed as `score` streams it
         from vae_edge.runtime.series import read_series
 
-        values = read_series(data_path, _names(columns) or None, timestamp,
-                             model=model.manifest.series).values  # fmt: skip
-        value, rule, flags = anomaly.calibrate_alarm(model, values, quantile, contamination)
+        names = _names(columns) or None
+        if data_path.suffix.lower() == ".csv":
+            lines = list(_series_lines(data_path, str(data_path)))
+            value, rule, flags = anomaly.calibrate_alarm(
+                model, None, quantile, contamination, lines=lines, columns=names,
+                timestamp=timestamp, where=str(data_path))  # fmt: skip
+        else:
+            values = read_series(data_path, names, timestamp, model=model.manifest.series).values
+            value, rule, flags = anomaly.calibrate_alarm(model, values, quantile, contamination)
         anomaly.write_alarm_threshold(model_dir, value)
         click.echo(f"alarm threshold {value:.6g} on the likelihood ({rule}) written to "
                    f"{model_dir / 'vae.json'}; {int(flags.sum())} alarms in the "
-                   f"{len(flags)} steps of {data_path}")  # fmt: skip
+                   f"{len(flags)} readings of {data_path}")  # fmt: skip
         return
     if columns or timestamp:
         raise click.UsageError("--columns and --timestamp are for windowed models")

@@ -18,6 +18,7 @@ from vae_edge.runtime.errors import InputError
 from vae_edge.runtime.manifest import MANIFEST_FILE, Threshold, read_manifest
 from vae_edge.runtime.model import EdgeVAE
 from vae_edge.runtime.scoring import ScoreSettings
+from vae_edge.runtime.series import SeriesStream
 
 
 def calibrate(
@@ -67,19 +68,33 @@ def calibrate(
 
 
 def calibrate_alarm(
-    model: EdgeVAE, values, quantile: float | None = None, contamination: float | None = None
-) -> tuple[float, str, np.ndarray]:
+    model: EdgeVAE, values=None, quantile: float | None = None,
+    contamination: float | None = None, *, lines: list[str] | None = None, columns=None,
+    timestamp=None, where: str = "the series",
+) -> tuple[float, str, np.ndarray]:  # fmt: skip
     """A windowed model's alarm threshold on the likelihood, from a series of normal
-    readings (T,) or (T, C) streamed through it: the `quantile` of the likelihoods it gets
-    once it speaks (or 1 - contamination), else the model's current threshold (the
-    default keeps false alarms rare on any series: a quantile of a short normal stretch
-    would make some alarms certain). Returns the threshold, how it was set, and the
-    alarms that series raises under it."""
+    readings streamed through it, as `score` streams them: `values` (T,) or (T, C), or
+    the `lines` of a CSV (with `columns` and `timestamp` as for model.stream(); `where`
+    names it in errors). The
+    `quantile` of the likelihoods it gets once it speaks (or 1 - contamination), else the
+    model's current threshold (the default keeps false alarms rare on any series: a
+    quantile of a short normal stretch would make some alarms certain). Returns the
+    threshold, how it was set, and the alarms that series raises under it."""
     if quantile is not None and contamination is not None:
         raise InputError("give either quantile or contamination, not both")
+
+    def streamed(threshold=None):
+        settings = model._settings(None, None, None, None, None, None, flags=False)
+        stream = SeriesStream(model, settings, threshold=threshold, columns=columns,
+                              timestamp=timestamp, where=where)  # fmt: skip
+        batch = stream.push(values) if lines is None else stream.push_lines(lines)
+        if batch is None:
+            raise InputError("no readings to calibrate on")
+        return batch
+
     spec = model.manifest.series
     value, rule = spec.alarm_threshold, "unchanged"
-    likelihood = model.stream().push(values).likelihood
+    likelihood = streamed().likelihood
     spoken = likelihood[spec.window - 1 :][likelihood[spec.window - 1 :] > 0]
     q = 1 - contamination if contamination is not None else quantile
     if q is not None:
@@ -90,7 +105,7 @@ def calibrate_alarm(
                              "learn: give a longer series")  # fmt: skip
         value = float(np.quantile(spoken, q))
         rule = f"quantile {q:g} of {len(spoken)} likelihoods"
-    return value, rule, model.stream(threshold=value).push(values).is_anomaly
+    return value, rule, streamed(value).is_anomaly
 
 
 def write_alarm_threshold(bundle: str | Path, value: float) -> None:

@@ -116,6 +116,7 @@ def _jsonl_rows(batch: ScoredBatch) -> str:
         features = batch.feature_losses.reshape(n, -1).tolist()
     stamps = None if batch.timestamps is None else _stamps(batch.timestamps)
     likelihood = None if batch.likelihood is None else batch.likelihood.tolist()
+    hindsight = None if batch.hindsight is None else batch.hindsight.tolist()
     lines = []
     for i, score in enumerate(batch.scores.tolist()):
         row = {"index": batch.start + i}
@@ -124,8 +125,8 @@ def _jsonl_rows(batch: ScoredBatch) -> str:
         row["score"] = score
         if likelihood is not None:
             row["likelihood"] = likelihood[i]
-        if batch.hindsight is not None:
-            row["hindsight"] = float(batch.hindsight[i])
+        if hindsight is not None:
+            row["hindsight"] = hindsight[i]
         if flags is not None:
             row["is_anomaly"] = flags[i]
         if features is not None:

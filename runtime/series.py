@@ -211,7 +211,7 @@ def read_series(path: str | Path, columns=None, timestamp=None, model=None,
     """Read a whole series: a CSV (see SeriesReader.for_header), or .npy (T,) / (T, C)
     (NaN = missing). Timestamps put the readings on their step grid (fill_gaps): the step
     of `model` (a windowed model's SeriesSpec) when given, else the series' own
-    (common_step). Refused when most steps are missing (MOST_MISSING)."""
+    (common_step). Refused when most readings are missing (MOST_MISSING; gaps do not count)."""
     path = Path(path)
     if not path.is_file():
         raise InputError(f"{path}: no such file")
@@ -413,6 +413,19 @@ def hindsight_scores(scores: np.ndarray, window: int) -> np.ndarray:
     return ((total[end] - total[start]) / (end - start)).astype(np.float32)
 
 
+def with_hindsight(batches: list[ScoredBatch], window: int) -> list[ScoredBatch]:
+    """A stream's batches of a whole file joined into one, with its hindsight scores (no
+    batch: none)."""
+    if not batches:
+        return []
+    joined = {field.name: [getattr(b, field.name) for b in batches]
+              for field in dataclasses.fields(ScoredBatch) if field.name != "start"}  # fmt: skip
+    whole = ScoredBatch(batches[0].start, **{
+        name: None if parts[0] is None else np.concatenate(parts)
+        for name, parts in joined.items()})  # fmt: skip
+    return [dataclasses.replace(whole, hindsight=hindsight_scores(whole.scores, window))]
+
+
 # -- a stream ----------------------------------------------------------------------------
 
 
@@ -424,7 +437,7 @@ class StreamReport:
     alarms: int = 0
     out_of_order: int = 0  # a timestamp not after the one before: taken as the next step
     put_back: int = 0  # missing steps put back for gaps in the timestamps
-    missing: int = 0  # readings with a missing value (unreadable ones included)
+    missing: int = 0  # readings with a missing value (an unreadable cell is one)
     unreadable: int = 0  # lines with too few cells, a non-number or a bad timestamp
 
     def __str__(self) -> str:
@@ -575,36 +588,22 @@ class SeriesStream:
         """Scores (n,), the newest reading's losses (n,) and the per-channel losses over
         the window (n, C; per_feature) of windows (n, W, C), the first being reading
         `first`'s. A batch holding a window beyond the standardisation's clip is scored in
-        float64 (Gaussian.nll): such windows are scored apart from the others, so that a
-        reading's numbers never depend on the readings batched with it."""
-        far = None if len(windows) == 1 else self.model.manifest.preprocessing.far_rows(windows)
-        groups = (
-            [np.flatnonzero(far), np.flatnonzero(~far)] if far is not None and far.any() else [None]
-        )
-        scores = np.empty(len(windows), np.float32)
-        newest = np.empty(len(windows), np.float64)
-        features = np.empty((len(windows), self.channels), np.float32)
-        for rows in groups:
-            if rows is not None and not len(rows):
-                continue
-            part = windows if rows is None else windows[rows]
-            if len(part) == 1:
-                index = first if rows is None else first + int(rows[0])
-                batches = [self.model.score_batch(part, index, self.settings, True)]
-            elif rows is None:
-                batches = self.model.score_batches([part], self.settings, True, first_row=first)
-            else:  # one window at a time: each its own noise key
-                batches = [self.model.score_batch(part[j : j + 1], first + int(i), self.settings,
-                                                  True)
-                           for j, i in enumerate(rows)]  # fmt: skip
-            batches = list(batches)
-            where = slice(None) if rows is None else rows
-            scores[where] = np.concatenate([b.scores for b in batches])
-            losses = np.concatenate([b.feature_losses for b in batches])  # (n, W, C)
-            newest[where] = losses[:, -1].sum(axis=1, dtype=np.float64)
-            if self.per_feature:
-                features[where] = finite_float32(losses.sum(axis=1, dtype=np.float64))
-        return scores, newest, (features if self.per_feature else None)
+        float64 (Gaussian.nll): then each window is scored alone, so that a reading's
+        numbers never depend on the readings batched with it."""
+        far = len(windows) > 1 and self.model.manifest.preprocessing.far_rows(windows).any()
+        if len(windows) == 1 or far:  # one window per graph call, keyed by its reading
+            batches = [self.model.score_batch(windows[i : i + 1], first + i, self.settings, True)
+                       for i in range(len(windows))]  # fmt: skip
+        else:
+            batches = self.model.score_batches([windows], self.settings, True, first_row=first)
+        batches = list(batches)
+        scores = np.concatenate([b.scores for b in batches])
+        losses = np.concatenate([b.feature_losses for b in batches])  # (n, W, C)
+        newest = losses[:, -1].sum(axis=1, dtype=np.float64)
+        features = None
+        if self.per_feature:
+            features = finite_float32(losses.sum(axis=1, dtype=np.float64))
+        return scores, newest, features
 
     def _steps_to(self, t) -> int:
         """Steps from the reading before to one at timestamp t (None: 1, the clock moving
