@@ -38,6 +38,12 @@ no_verify_option = click.option(
     is_flag=True,
     help="Skip the graphs' sha256 check (development only).",
 )
+delimiter_option = click.option(
+    "--delimiter",
+    type=click.Choice([",", ";", "tab"]),
+    help="A series' CSV: what separates its columns (default: whichever of , ; and tab "
+    "splits its first line into most).",
+)
 seed_option = click.option(
     "--seed", type=click.IntRange(min=0), default=0, show_default=True, help="NumPy noise seed."
 )
@@ -54,10 +60,10 @@ def cli():
 @click.option("--out", "run_dir", required=True, type=click.Path(path_type=Path))
 @click.option(
     "--arch",
-    type=click.Choice(["mlp", "conv"]),
-    default="mlp",
-    show_default=True,
-    help="conv: convolutional encoder and decoder, for images (H, W) or (C, H, W).",
+    type=click.Choice(["mlp", "conv", "conv1d"]),
+    help="mlp: fully connected (tables, images); conv: 2-D convolutions, for images (H, W) "
+    "or (C, H, W); conv1d: 1-D convolutions over time with the metrics as channels, for a "
+    "series. Default: conv1d with --window, else mlp.",
 )
 @click.option(
     "--epochs",
@@ -122,8 +128,10 @@ def cli():
 @click.option("--timestamp", help="A series' timestamp column, or 'none' (default: a "
               "column named timestamp, time, datetime or date, else a first column of "
               "dates).")  # fmt: skip
+@delimiter_option
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar or per-epoch lines.")
-def train(data, run_dir, hidden, quiet, window, stride, columns, timestamp, **options):
+def train(data, run_dir, hidden, quiet, window, stride, columns, timestamp, delimiter,
+          **options):  # fmt: skip
     """Train a VAE (needs the `train` extra) and write RUN_DIR."""
     train_module = _train_extra("vae_edge.training.train")
     if window is not None and window != "auto":
@@ -148,7 +156,7 @@ def train(data, run_dir, hidden, quiet, window, stride, columns, timestamp, **op
         options["patience"] = None  # fit's "never stop early"
     config = train_module.train(data, run_dir, hidden=hidden, progress=not quiet, window=window,
                                 stride=stride, columns=_names(columns) or None,
-                                timestamp=timestamp, **options)  # fmt: skip
+                                timestamp=timestamp, delimiter=delimiter, **options)  # fmt: skip
     s = config.summary
     click.echo(f"wrote {run_dir} ({s['seconds']} s)")
     if "series" in config.data:
@@ -296,6 +304,7 @@ def reconstruct(model_dir, input_path, n, seed, output, device, threads):
               "channels' columns (default: the names it was trained with).")  # fmt: skip
 @click.option("--timestamp", help="A windowed model: the timestamp column, or 'none' "
               "(default: the one it was trained with, else as train finds it).")  # fmt: skip
+@delimiter_option
 @click.option("--hindsight", is_flag=True, help="A windowed model's file: add the column "
               "hindsight, each reading's mean score over the windows that hold it (known "
               "W - 1 readings later; ranks anomalies better after the fact).")  # fmt: skip
@@ -304,7 +313,7 @@ def reconstruct(model_dir, input_path, n, seed, output, device, threads):
               "pipe).")  # fmt: skip
 def score(model_dir, input_path, score_type, samples, complexity, seed, batch_size, threshold,
           per_feature, output, device, threads, no_verify, engine, address, actors,
-          cpus_per_actor, keep, columns, timestamp, hindsight, stream):  # fmt: skip
+          cpus_per_actor, keep, columns, timestamp, delimiter, hindsight, stream):  # fmt: skip
     """Score INPUT (.npz/.npy/.csv/.png or a PNG folder): anomaly score per sample; with a
     windowed model, INPUT is a series (.csv, .npy, or - for standard input) and the
     output one row per time step.
@@ -353,12 +362,14 @@ def score(model_dir, input_path, score_type, samples, complexity, seed, batch_si
         if given:
             raise click.UsageError(f"{given[0]} needs --engine ray")
         _score_series(model, input_path, settings, threshold, per_feature, output,
-                      _names(columns) or None, timestamp, stream, hindsight)  # fmt: skip
+                      _names(columns) or None, timestamp, stream, hindsight,
+                      delimiter)  # fmt: skip
         return
     given = [name for name, value in ray_only.items() if value]
     if given:
         raise click.UsageError(f"{given[0]} needs --engine ray")
-    series_only = {"--stream": stream, "--timestamp": timestamp, "--hindsight": hindsight}
+    series_only = {"--stream": stream, "--timestamp": timestamp, "--hindsight": hindsight,
+                   "--delimiter": delimiter}  # fmt: skip
     given = [name for name, value in series_only.items() if value]
     if given:
         raise click.UsageError(f"{given[0]} is for windowed models (trained with --window)")
@@ -375,7 +386,7 @@ def score(model_dir, input_path, score_type, samples, complexity, seed, batch_si
 
 
 def _score_series(model, input_path, settings, threshold, per_feature, output, columns,
-                  timestamp, stream, hindsight) -> None:  # fmt: skip
+                  timestamp, stream, hindsight, delimiter=None) -> None:  # fmt: skip
     """A windowed model's results, a row per reading: the lines of INPUT piped through one
     SeriesStream (a line at a time with --stream, else in chunks: the same numbers), its
     report on stderr at the end. --hindsight holds the file's results until its end."""
@@ -389,7 +400,8 @@ def _score_series(model, input_path, settings, threshold, per_feature, output, c
         raise InputError(f"{where}: a windowed model scores a series: .csv, .npy, or - for "
                          "standard input")  # fmt: skip
     scorer = SeriesStream(model, settings, threshold=threshold, per_feature=per_feature,
-                          columns=columns, timestamp=timestamp, where=where)  # fmt: skip
+                          columns=columns, timestamp=timestamp, delimiter=delimiter,
+                          where=where)  # fmt: skip
 
     def batches():
         if suffix == ".npy":
@@ -503,8 +515,9 @@ class _NoProgress:
               "names it was trained with).")  # fmt: skip
 @click.option("--timestamp", help="A windowed model's CSV: the timestamp column, or 'none' "
               "(default: the one it was trained with, else as train finds it).")  # fmt: skip
+@delimiter_option
 def calibrate(model_dir, data_path, quantile, contamination, score_type, samples, complexity,
-              seed, columns, timestamp):  # fmt: skip
+              seed, columns, timestamp, delimiter):  # fmt: skip
     """Set the model's anomaly threshold from data; stored in its vae.json. A windowed
     model: its alarm threshold on the likelihood (kept, unless --quantile or
     --contamination), and the alarms DATA raises under it."""
@@ -521,7 +534,7 @@ def calibrate(model_dir, data_path, quantile, contamination, score_type, samples
             lines = list(_series_lines(data_path, str(data_path)))
             value, rule, flags = anomaly.calibrate_alarm(
                 model, None, quantile, contamination, lines=lines, columns=names,
-                timestamp=timestamp, where=str(data_path))  # fmt: skip
+                timestamp=timestamp, delimiter=delimiter, where=str(data_path))  # fmt: skip
         else:
             values = read_series(data_path, names, timestamp, model=model.manifest.series).values
             value, rule, flags = anomaly.calibrate_alarm(model, values, quantile, contamination)
@@ -530,8 +543,8 @@ def calibrate(model_dir, data_path, quantile, contamination, score_type, samples
                    f"{model_dir / 'vae.json'}; {int(flags.sum())} alarms in the "
                    f"{len(flags)} readings of {data_path}")  # fmt: skip
         return
-    if columns or timestamp:
-        raise click.UsageError("--columns and --timestamp are for windowed models")
+    if columns or timestamp or delimiter:
+        raise click.UsageError("--columns, --timestamp and --delimiter are for windowed models")
     t = anomaly.calibrate(model, _samples_for(model, data_path), quantile, contamination,
                           score_type, samples, seed, complexity)  # fmt: skip
     anomaly.write_threshold(model_dir, t)

@@ -70,11 +70,11 @@ def calibrate(
 def calibrate_alarm(
     model: EdgeVAE, values=None, quantile: float | None = None,
     contamination: float | None = None, *, lines: list[str] | None = None, columns=None,
-    timestamp=None, where: str = "the series",
+    timestamp=None, delimiter=None, where: str = "the series",
 ) -> tuple[float, str, np.ndarray]:  # fmt: skip
     """A windowed model's alarm threshold on the likelihood, from a series of normal
     readings streamed through it, as `score` streams them: `values` (T,) or (T, C), or
-    the `lines` of a CSV (with `columns` and `timestamp` as for model.stream(); `where`
+    the `lines` of a CSV (with `columns`, `timestamp`, `delimiter` as for model.stream(); `where`
     names it in errors). The
     `quantile` of the likelihoods it gets once it speaks (or 1 - contamination), else the
     model's current threshold (the default keeps false alarms rare on any series: a
@@ -86,7 +86,7 @@ def calibrate_alarm(
     def streamed(threshold=None):
         settings = model._settings(None, None, None, None, None, None, flags=False)
         stream = SeriesStream(model, settings, threshold=threshold, columns=columns,
-                              timestamp=timestamp, where=where)  # fmt: skip
+                              timestamp=timestamp, delimiter=delimiter, where=where)  # fmt: skip
         batch = stream.push(values) if lines is None else stream.push_lines(lines)
         if batch is None:
             raise InputError("no readings to calibrate on")

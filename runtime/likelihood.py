@@ -125,7 +125,8 @@ class Bernoulli:
 
 class Gaussian:
     """Standardised features, decoder output = means; variance learned per feature (the
-    manifest's observation_logvar) or fixed at 1."""
+    manifest's observation_logvar; for a series possibly per channel, the same at every
+    step) or fixed at 1."""
 
     name = "gaussian"
 
@@ -133,7 +134,9 @@ class Gaussian:
         self.preprocessing = preprocessing
         self.logvar = None
         if observation_logvar is not None:
-            self.logvar = np.asarray(observation_logvar, np.float32).reshape(input_shape)
+            self.logvar = np.asarray(observation_logvar, np.float32)
+            if self.logvar.size != input_shape[-1]:
+                self.logvar = self.logvar.reshape(input_shape)
             self._precision = np.exp(-self.logvar)
 
     def prepare(self, x: np.ndarray) -> Prepared:

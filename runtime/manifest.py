@@ -269,7 +269,9 @@ class Manifest:
             training=_get(d, "training", dict),
             default_score=_default_score(d.get("default_score", {})),
             threshold=_threshold(d.get("threshold")),
-            observation_logvar=_observation_logvar(d.get("observation_logvar"), math.prod(shape)),
+            observation_logvar=_observation_logvar(
+                d.get("observation_logvar"), math.prod(shape), shape[-1] if series else None
+            ),
             binary=d.get("binary", False),
             series=series,
         )
@@ -440,14 +442,19 @@ def _threshold(d: Any) -> Threshold | None:
     )
 
 
-def _observation_logvar(values: Any, n_features: int) -> list[float] | None:
+def _observation_logvar(values: Any, n_features: int, channels: int | None) -> list[float] | None:
+    """One log-variance per feature, or for a series one per channel (the same at every
+    step of the window)."""
     if values is None:
         return None
+    sizes = (n_features,) if channels is None else (n_features, channels)
     _check(
         isinstance(values, list)
-        and len(values) == n_features
+        and len(values) in sizes
         and all((_is_int(v) or isinstance(v, float)) and math.isfinite(v) for v in values),
-        f"observation_logvar must be null or a list of {n_features} finite numbers",
+        "observation_logvar must be null or a list of "
+        + " or ".join(str(n) for n in sizes)
+        + " finite numbers",
     )
     return [float(v) for v in values]
 

@@ -234,16 +234,18 @@ class EdgeVAE:
         score_type: str | None = None,
         samples: int | None = None,
         seed: int | None = None,
+        delimiter: str | None = None,
     ) -> SeriesStream:
         """A windowed model on a stream (series.SeriesStream): push(readings) or
         push_line(csv_line), and each reading's score, likelihood and is_anomaly come back
         at once, from it and the readings before it only. columns, timestamp: a CSV
-        stream's columns (default: the model's). threshold: the alarm's likelihood
+        stream's columns (default: the model's); delimiter: ',', ';' or 'tab' (default:
+        recognised from its first line). threshold: the alarm's likelihood
         threshold (default: the model's series.alarm_threshold). Scoring settings as for
         score()."""
         settings = self._settings(score_type, samples, seed, None, None, None, flags=False)
         return SeriesStream(self, settings, threshold=threshold, per_feature=per_feature,
-                            columns=columns, timestamp=timestamp)  # fmt: skip
+                            columns=columns, timestamp=timestamp, delimiter=delimiter)  # fmt: skip
 
     def _is_series(self, x) -> bool:
         """A windowed model's input is a series, (T,) or (T, C): scored per reading; an

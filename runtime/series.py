@@ -47,6 +47,8 @@ ROUND_SECONDS = (1, 5, 10, 15, 30, 60, 300, 600, 900, 1800, 3600)
 # the windows beside it (the longest auto window), so a longer one changes nothing but
 # the memory it would take (a year's gap on 5-minute steps: 100,000 steps).
 MAX_GAP = AUTO_WINDOW_BOUNDS[1]
+# A CSV's delimiters, recognised from its first line; "tab" names "\t" in options.
+DELIMITERS = {",": ",", ";": ";", "tab": "\t", "\t": "\t"}
 
 
 @dataclass(frozen=True)
@@ -76,8 +78,10 @@ class SeriesReader:
     `for_header`: which columns are values, which is the timestamp."""
 
     def __init__(self, where: str, value_index: list[int], channels: list[str],
-                 timestamp_index: int | None, timestamp_column: str | None):  # fmt: skip
+                 timestamp_index: int | None, timestamp_column: str | None,
+                 delimiter: str = ","):  # fmt: skip
         self.where = where
+        self.delimiter = delimiter
         self.value_index = value_index
         self.channels = channels
         self.timestamp_index = timestamp_index
@@ -86,15 +90,18 @@ class SeriesReader:
 
     @classmethod
     def for_header(cls, where: str, first_line: str, columns=None, timestamp=None,
-                   model=None) -> tuple[SeriesReader, bool]:  # fmt: skip
+                   model=None, delimiter=None) -> tuple[SeriesReader, bool]:  # fmt: skip
         """The reader for a CSV whose first line is `first_line`, and whether that line is
         a header. columns: value columns by name (or 0-based position without a header);
         default a windowed model's channels where the header has them, else every column
         but the timestamp. timestamp: its column's name (position), or NO_TIMESTAMP;
         default the model's timestamp column where the header has it, else a column named
         like TIMESTAMP_NAMES, else a first column that is not a number. model: a windowed
-        model's SeriesSpec, whose channel count the columns must match."""
-        cells = _cells(first_line)
+        model's SeriesSpec, whose channel count the columns must match. delimiter: a key
+        of DELIMITERS, default the one that splits the first line into most cells
+        (sniff_delimiter)."""
+        delimiter = sniff_delimiter(first_line) if delimiter is None else _delimiter(delimiter)
+        cells = _cells(first_line, delimiter)
         header = not all(_is_number(c) or is_timestamp(c) or _is_missing(c) for c in cells)
         names = [c.strip() for c in cells] if header else [str(i) for i in range(len(cells))]
         if model is not None:
@@ -124,6 +131,7 @@ class SeriesReader:
                 f"{where}: {len(value_index)} value column(s) "
                 f"({', '.join(names[i] for i in value_index)}); the model reads "
                 f"{len(model.channels)}: {', '.join(model.channels)} (choose with --columns)"
+                + delimiter_hint(first_line, delimiter)
             )
         return cls(
             where,
@@ -131,6 +139,7 @@ class SeriesReader:
             [names[i] for i in value_index],
             t_index,
             names[t_index] if t_index is not None else None,
+            delimiter,
         ), header
 
     def parse(self, lines: list[str], first_line_no: int) -> tuple[np.ndarray, np.ndarray | None]:
@@ -141,7 +150,10 @@ class SeriesReader:
             if not line.strip():
                 continue
             cells = self._row(line, number)
-            values.append([_reading(cells[i], self.where, number) for i in self.value_index])
+            try:
+                values.append([_reading(cells[i], self.where, number) for i in self.value_index])
+            except InputError as e:
+                raise InputError(f"{e}{delimiter_hint(line, self.delimiter)}") from None
             if self.timestamp_index is not None:
                 stamps.append(_timestamp(cells[self.timestamp_index], self.where, number))
         x = np.array(values, np.float64).reshape(-1, len(self.value_index))
@@ -151,7 +163,7 @@ class SeriesReader:
         """One line of a stream, never refused: its values (C,) (NaN where a cell is
         missing, not a number or infinite), its timestamp as given and as read (None when
         unreadable or there is no column), and whether the line was whole and readable."""
-        cells = _cells(line)
+        cells = _cells(line, self.delimiter)
         readable = len(cells) >= self._width
         values = np.full(len(self.value_index), np.nan)
         for j, i in enumerate(self.value_index):
@@ -170,11 +182,22 @@ class SeriesReader:
         return values, given, stamp, readable
 
     def _row(self, line: str, number: int) -> list[str]:
-        cells = _cells(line)
+        cells = _cells(line, self.delimiter)
         if len(cells) < self._width:
+            hint = delimiter_hint(line, self.delimiter)
             raise InputError(f"{self.where}: line {number} has {len(cells)} values, "
-                             f"not {self._width}")  # fmt: skip
+                             f"not {self._width}{hint}")  # fmt: skip
         return cells
+
+
+def delimiter_hint(line: str, delimiter: str) -> str:
+    """For an error about `line`: that another delimiter is in it (or '')."""
+    others = [d for d in (",", ";", "\t") if d != delimiter and d in line]
+    if not others:
+        return ""
+    named = {",": "','", ";": "';'", "\t": "tab"}
+    return (f" (columns split at {named[delimiter]}, but the line also holds "
+            f"{named[others[0]]}: name the delimiter with --delimiter)")  # fmt: skip
 
 
 def steps_between(before, t, step_seconds: int) -> int:
@@ -207,7 +230,7 @@ def fill_gaps(x: np.ndarray, t: np.ndarray, step_seconds: int, max_gap: int = MA
 
 
 def read_series(path: str | Path, columns=None, timestamp=None, model=None,
-                max_gap: int = MAX_GAP) -> Series:  # fmt: skip
+                max_gap: int = MAX_GAP, delimiter: str | None = None) -> Series:  # fmt: skip
     """Read a whole series: a CSV (see SeriesReader.for_header), or .npy (T,) / (T, C)
     (NaN = missing). Timestamps put the readings on their step grid (fill_gaps): the step
     of `model` (a windowed model's SeriesSpec) when given, else the series' own
@@ -219,7 +242,7 @@ def read_series(path: str | Path, columns=None, timestamp=None, model=None,
     if suffix == ".npy":
         series = _npy_series(path, columns, timestamp)
     elif suffix == ".csv":
-        series = _csv_series(path, columns, timestamp, model, max_gap)
+        series = _csv_series(path, columns, timestamp, model, max_gap, delimiter)
     else:
         raise InputError(f"{path}: a series must be .csv or .npy")
     if len(series.values) == 0:
@@ -248,7 +271,7 @@ def _npy_series(path: Path, columns, timestamp) -> Series:
     return Series(x, [str(i) for i in range(x.shape[1])])
 
 
-def _csv_series(path: Path, columns, timestamp, model, max_gap: int) -> Series:
+def _csv_series(path: Path, columns, timestamp, model, max_gap: int, delimiter) -> Series:
     try:
         text = path.read_text(encoding="utf-8-sig")
     except UnicodeDecodeError:
@@ -257,7 +280,7 @@ def _csv_series(path: Path, columns, timestamp, model, max_gap: int) -> Series:
     if not lines or not lines[0].strip():
         raise InputError(f"{path}: empty CSV file")
     reader, header = SeriesReader.for_header(str(path), lines[0], columns, timestamp,
-                                             model=model)  # fmt: skip
+                                             model=model, delimiter=delimiter)  # fmt: skip
     x, times = reader.parse(lines[1:] if header else lines, 1 + header)
     n_read = len(x)
     step_seconds = model.step_seconds if model is not None else None
@@ -284,8 +307,22 @@ def common_step(timestamps: np.ndarray) -> int | None:
     return max(unit, int(round(median / unit)) * unit)
 
 
-def _cells(line: str) -> list[str]:
-    return next(csv.reader(io.StringIO(line.rstrip("\r\n"))), [])
+def _cells(line: str, delimiter: str = ",") -> list[str]:
+    return next(csv.reader(io.StringIO(line.rstrip("\r\n")), delimiter=delimiter), [])
+
+
+def sniff_delimiter(first_line: str) -> str:
+    """The delimiter of a CSV from its first line (the header, as loggers write one):
+    whichever of ',', ';' and tab splits it into most cells, quotes respected; a comma
+    when none splits it (one column)."""
+    counts = {d: len(_cells(first_line, d)) for d in (",", ";", "\t")}
+    return max(counts, key=lambda d: counts[d])  # ties: the first, a comma
+
+
+def _delimiter(name: str) -> str:
+    if name not in DELIMITERS:
+        raise InputError(f"unknown delimiter {name!r} (use ',', ';' or tab)")
+    return DELIMITERS[name]
 
 
 def _column(names: list[str], wanted: str, where: str, option: str) -> int:
@@ -369,7 +406,8 @@ def dominant_period(values: np.ndarray, bounds=AUTO_WINDOW_BOUNDS) -> int | None
     x = np.asarray(values, np.float64).reshape(len(values), -1)
     std = np.nanstd(x, axis=0)
     x = (x - np.nanmean(x, axis=0)) / np.where(std > 0, std, 1)
-    x = np.nan_to_num(np.nanmean(x, axis=1) if x.shape[1] > 1 else x[:, 0])
+    present = (~np.isnan(x)).sum(axis=1)  # a step put back for a gap has no reading
+    x = np.nansum(x, axis=1) / np.maximum(present, 1)
     x = x[:20_000]
     low, high = bounds
     if len(x) < 2 * high or not x.any():
@@ -472,7 +510,7 @@ class SeriesStream:
 
     def __init__(self, model, settings, *, threshold: float | None = None,
                  per_feature: bool = False, columns=None, timestamp=None,
-                 where: str = "the stream"):  # fmt: skip
+                 delimiter: str | None = None, where: str = "the stream"):  # fmt: skip
         spec = model.manifest.series
         if spec is None:
             raise InputError(f"{model.source}: not a windowed model (no series in vae.json)")
@@ -484,7 +522,7 @@ class SeriesStream:
         self.likelihood = AnomalyLikelihood(quiet=self.window)
         self.report = StreamReport()
         self.reader: SeriesReader | None = None  # from the first line, by push_line(s)
-        self._columns, self._timestamp = columns, timestamp
+        self._columns, self._timestamp, self._delimiter = columns, timestamp, delimiter
         self._ring = np.full((2 * self.window, self.channels), np.nan)  # steps; [end - W, end)
         self._end = self.window
         self._last_time = None  # the latest timestamp so far
@@ -507,8 +545,9 @@ class SeriesStream:
                 continue
             if self.reader is None:
                 self.reader, header = SeriesReader.for_header(
-                    self.where, line, self._columns, self._timestamp, self.model.manifest.series
-                )
+                    self.where, line, self._columns, self._timestamp,
+                    self.model.manifest.series, self._delimiter,
+                )  # fmt: skip
                 if header:
                     continue
             x, text, stamp, readable = self.reader.reading(line)

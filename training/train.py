@@ -65,23 +65,27 @@ MIN_STEPS_IMAGES = 10_000
 MIN_STEPS_SERIES = 1000
 
 
-# A series' windows (W, C): an MLP over the flattened window. Its size hardly mattered on
-# the 28 NAB series (hidden 64 to 256, one or two layers, 4 to 16 latents: mean VUS-PR
-# 0.560 to 0.567; benchmarks/results/series-architectures.md); this one keeps a bundle of
-# a 288-step window at 322 kB.
+# A series' windows (W, C) with the MLP: over the flattened window. Its size hardly
+# mattered on the 28 NAB series (hidden 64 to 256, one or two layers, 4 to 16 latents:
+# mean VUS-PR 0.560 to 0.567; benchmarks/results/series-architectures.md).
 SERIES_HIDDEN = (128,)
 SERIES_LATENT = 8
 SERIES_SCORE = DefaultScore("elbo", 0)
+# The arch a series gets by default (see benchmarks/multivariate.py).
+SERIES_ARCH = "conv1d"
+# A series' gradient norm is clipped here: an MLP over ASD's 290 x 19 windows went from a
+# loss of 3,272 to 24 million at the one-cycle peak without it.
+SERIES_MAX_GRAD_NORM = 5.0
 
 
 def default_architecture(input_shape: tuple[int, ...], arch: str = "mlp", series: bool = False):
     """(hidden sizes, latent size) for samples of `input_shape`: images (H, W) or (C, H, W)
     get (512, 256) and 32 latents with the MLP, (256,) and 32 with the conv net; tables
     with n features get (400,) and 20 from 100 features on, else (max(64, 2n),), n // 2;
-    a series' windows SERIES_HIDDEN and SERIES_LATENT."""
+    a series' windows SERIES_HIDDEN (none with conv1d) and SERIES_LATENT."""
     n_features = math.prod(input_shape)
     if series:
-        return SERIES_HIDDEN, SERIES_LATENT
+        return ((), SERIES_LATENT) if arch == "conv1d" else (SERIES_HIDDEN, SERIES_LATENT)
     if arch == "conv":
         return (256,), 32
     if is_image_shape(input_shape):
@@ -208,7 +212,7 @@ class TrainOptions:
     """What a user can choose; None = chosen from the data (see fit). Checked on
     construction, so a bad option fails before any data is read."""
 
-    arch: str = "mlp"
+    arch: str | None = None  # None: SERIES_ARCH for a series, else "mlp"
     epochs: int | None = None
     batch_size: int = 128
     lr: float = LR
@@ -239,7 +243,7 @@ class TrainOptions:
             raise InputError(f"kl_warmup must be >= 0 epochs, got {self.kl_warmup}")
         if self.patience is not None and self.patience < 1:
             raise InputError(f"patience must be >= 1 epoch, got {self.patience}")
-        if self.arch not in ARCHS:
+        if self.arch is not None and self.arch not in ARCHS:
             raise InputError(f"unknown arch {self.arch!r} (use {' or '.join(ARCHS)})")
 
 
@@ -343,7 +347,8 @@ def fit(
             for idx in bar:
                 step += 1
                 kl_weight = o.beta * min(1.0, step / warmup_steps) if warmup_steps else o.beta
-                totals += train_step(model, x_fit[idx], kl_weight, optimizer, noise, o.trim)
+                totals += train_step(model, x_fit[idx], kl_weight, optimizer, noise, o.trim,
+                                     SERIES_MAX_GRAD_NORM if series else None)  # fmt: skip
                 schedule.step()
         entry = {"epoch": epoch, "train_loss": float(totals.sum() / len(x_fit)),
                  "train_recon": float(totals[0] / len(x_fit)),
@@ -394,11 +399,12 @@ def fit(
 
 
 def train_step(
-    model: VAE, xb: torch.Tensor, kl_weight: float, optimizer, noise, trim: float = 0.0
-) -> list:
+    model: VAE, xb: torch.Tensor, kl_weight: float, optimizer, noise, trim: float = 0.0,
+    max_grad_norm: float | None = None,
+) -> list:  # fmt: skip
     """One optimizer step on the batch xb: loss = reconstruction + kl_weight * KL, mean over
-    the batch less its `trim` share of highest losses. Returns the batch's summed
-    reconstruction and KL (all samples)."""
+    the batch less its `trim` share of highest losses, gradient norm clipped at
+    `max_grad_norm`. Returns the batch's summed reconstruction and KL (all samples)."""
     model.train()
     xb, present = _missing_filled(xb)
     eps = torch.randn(len(xb), model.latent_dim, generator=noise)
@@ -411,29 +417,39 @@ def train_step(
     loss = (loss if kept == len(xb) else torch.topk(loss, kept, largest=False).values).mean()
     optimizer.zero_grad()
     loss.backward()
+    if max_grad_norm is not None:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm)
     optimizer.step()
     return [recon.sum().item(), kl.sum().item()]
 
 
 def _model_config(x: np.ndarray, o: TrainOptions, series: bool = False):
+    arch = o.arch or (SERIES_ARCH if series else "mlp")
     if series:
-        if o.likelihood not in (None, "gaussian") or o.arch != "mlp":
-            raise InputError("a windowed model is an MLP with the gaussian likelihood")
+        if o.likelihood not in (None, "gaussian") or arch == "conv":
+            raise InputError(
+                "a windowed model is conv1d or mlp with the gaussian likelihood"
+                + (" (conv is for images)" if arch == "conv" else "")
+            )
         likelihood, prep = "gaussian", series_preprocessing(x)
     else:
+        if arch == "conv1d":
+            raise InputError("conv1d is for a series' windows: give --window")
         likelihood, prep = choose_likelihood(x, o.likelihood)
     variance = o.variance or ("learned" if likelihood == "gaussian" else "fixed")
     if variance not in ("fixed", "learned") or (likelihood == "bernoulli" and variance != "fixed"):
         raise InputError(f"variance must be 'fixed' or 'learned' (gaussian only), got {variance!r}")
     input_shape = tuple(int(n) for n in x.shape[1:])
-    if o.arch == "conv":
+    if arch == "conv":
         try:
             image_channels(input_shape)
         except ValueError as e:
             raise InputError(str(e)) from None
-    default_hidden, default_latent = default_architecture(input_shape, o.arch, series)
+    default_hidden, default_latent = default_architecture(input_shape, arch, series)
+    if arch == "conv1d" and o.hidden:
+        raise InputError("conv1d has no hidden layers: leave out --hidden")
     return ModelConfig(
-        arch=o.arch,
+        arch=arch,
         input_shape=list(input_shape),
         hidden=list(o.hidden or default_hidden),
         latent_dim=o.latent_dim or default_latent,
@@ -483,16 +499,19 @@ def train(
     stride: int = 1,
     columns: list[str] | None = None,
     timestamp: str | None = None,
+    delimiter: str | None = None,
     **option_overrides,
 ) -> RunConfig:
     """Train on `data` (a path or 'mnist') and write the run into `out`: checkpoint.pt,
     config.json and log.jsonl (one line per epoch). Options as for fit(). With `window`
-    (steps, or "auto"), `data` is a series (series.read_series: CSV with `columns` and
-    `timestamp`, or .npy) and the model a windowed one (fit_series). Returns config."""
+    (steps, or "auto"), `data` is a series (series.read_series: CSV with `columns`,
+    `timestamp` and `delimiter`, or .npy) and the model a windowed one (fit_series).
+    Returns config."""
     options = replace(options or TrainOptions(), **option_overrides)
     if window is not None:
         max_gap = max(series_io.MAX_GAP, window if window != "auto" else 0)
-        series = series_io.read_series(data, columns, timestamp, max_gap=max_gap)
+        series = series_io.read_series(data, columns, timestamp, max_gap=max_gap,
+                                       delimiter=delimiter)  # fmt: skip
         if progress and (series.put_back or series.out_of_order):
             click.echo(f"{data}: {len(series.values)} steps of {series.step_seconds} s; "
                        f"{series.put_back} missing steps put back for gaps in the timestamps, "
@@ -500,8 +519,9 @@ def train(
                        "next step", err=True)  # fmt: skip
         x = x_test = None
     else:
-        if columns or timestamp or stride != 1:
-            raise InputError("--columns, --timestamp and --stride are for a series: give --window")
+        if columns or timestamp or delimiter or stride != 1:
+            raise InputError("--columns, --timestamp, --delimiter and --stride are for a "
+                             "series: give --window")  # fmt: skip
         dataset = load_training_data(data)
         if dataset.x is None:
             raise InputError(f"{data}: no training samples (an 'x' or 'x_train' array)")
