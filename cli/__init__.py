@@ -295,10 +295,14 @@ def reconstruct(model_dir, input_path, n, seed, output, device, threads):
               help="ray: Parquet in and out on Ray Data (needs the `ray` extra).")  # fmt: skip
 @click.option("--address", help="Ray cluster: auto or HOST:PORT (default: a local Ray).")
 @click.option("--actors", type=click.IntRange(min=1),
-              help="Ray actors scoring (default: CPUs // --cpus-per-actor).")  # fmt: skip
+              help="Ray actors scoring (default: CPUs // --cpus-per-actor); with "
+              "--series-id, series scored at a time (default: CPUs).")  # fmt: skip
 @click.option("--cpus-per-actor", type=click.IntRange(min=1), default=1, show_default=True,
               help="CPUs of each actor, and its onnxruntime threads.")  # fmt: skip
 @click.option("--keep", help="Columns carried into the output, e.g. an id: COL,...")
+@click.option("--series-id", help="--engine ray with windowed models: the column naming each "
+              "row's series (a machine); each series is scored in order, a row per reading, "
+              "by MODEL or, when MODEL is a folder of bundles, by MODEL/<series id>.")  # fmt: skip
 @click.option("--columns", help="The model's features, in order: COL,... (default: every "
               "column not kept, in file order; or one tensor column). A windowed model: its "
               "channels' columns (default: the names it was trained with).")  # fmt: skip
@@ -313,7 +317,8 @@ def reconstruct(model_dir, input_path, n, seed, output, device, threads):
               "pipe).")  # fmt: skip
 def score(model_dir, input_path, score_type, samples, complexity, seed, batch_size, threshold,
           per_feature, output, device, threads, no_verify, engine, address, actors,
-          cpus_per_actor, keep, columns, timestamp, delimiter, hindsight, stream):  # fmt: skip
+          cpus_per_actor, keep, series_id, columns, timestamp, delimiter, hindsight,
+          stream):  # fmt: skip
     """Score INPUT (.npz/.npy/.csv/.png or a PNG folder): anomaly score per sample; with a
     windowed model, INPUT is a series (.csv, .npy, or - for standard input) and the
     output one row per time step.
@@ -323,12 +328,15 @@ def score(model_dir, input_path, score_type, samples, complexity, seed, batch_si
     chunks and the output is written batch by batch, so memory does not grow with the
     file. With --engine ray, INPUT is Parquet (a file, a folder of part files or a glob)
     and -o a new folder of Parquet part files: index (the row's position in the input),
-    the --keep columns, score, is_anomaly when there is a threshold."""
+    the --keep columns, score, is_anomaly when there is a threshold; with --series-id, a
+    fleet's series: the series id, index (the reading's position in its series), the
+    timestamp column, score, likelihood, is_anomaly."""
     from vae_edge.runtime.data import check_writable, stream_input
     from vae_edge.runtime.errors import InputError
     from vae_edge.runtime.output import SCORE_FORMATS, write_scores
 
-    ray_only = {"--address": address, "--actors": actors, "--keep": keep, "--columns": columns}
+    ray_only = {"--address": address, "--actors": actors, "--keep": keep, "--columns": columns,
+                "--series-id": series_id}  # fmt: skip
     if engine == "ray":
         if output is None:
             raise click.BadParameter(
@@ -337,10 +345,19 @@ def score(model_dir, input_path, score_type, samples, complexity, seed, batch_si
         if device != "cpu" or threads:
             raise click.UsageError("--engine ray scores on CPUs: use --cpus-per-actor, not "
                                    "--device or --threads")  # fmt: skip
+        if series_id is not None:
+            if keep or stream or hindsight or delimiter:
+                raise click.UsageError("--keep, --stream, --hindsight and --delimiter are not "
+                                       "for a fleet on Ray")  # fmt: skip
+            rows = _score_fleet_on_ray(input_path, output, model_dir, score_type, samples,
+                                       seed, threshold, per_feature, address, actors, series_id,
+                                       _names(columns), timestamp)  # fmt: skip
+            click.echo(f"wrote {output} ({rows} rows)", err=True)
+            return
         model = _load(model_dir, "cpu", 1, not no_verify)  # checked here, before any worker
         if model.manifest.series is not None:
-            raise click.UsageError("--engine ray does not score windowed models (a series "
-                                   "is scored in order): use --engine local")  # fmt: skip
+            raise click.UsageError("--engine ray scores a fleet of series, each in order: name "
+                                   "the column of their ids with --series-id")  # fmt: skip
         settings = model.settings(score_type, samples, seed, threshold, batch_size, complexity)
         rows = _score_on_ray(input_path, output, model_dir, settings, per_feature, address,
                              actors, cpus_per_actor, _names(keep), _names(columns))  # fmt: skip
@@ -455,11 +472,7 @@ def _score_on_ray(input_path, output, model_dir, settings, per_feature, address,
             f"--engine ray needs {e.name}: pip install 'vae-edge[ray]'"
         ) from None
     pieces = parquet_pieces(input_path)  # a bad file is named before Ray starts
-    # Ray Data logs its plan and progress at INFO and a worker's traceback at ERROR; the
-    # failure itself comes back as vae-edge's one line.
-    import logging
-
-    logging.getLogger("ray.data").setLevel(logging.CRITICAL)
+    _quiet_ray_data()
     ray.init(address=address, include_dashboard=False, logging_level="WARNING",
              num_cpus=None if address else os.cpu_count())  # fmt: skip
     try:
@@ -470,6 +483,51 @@ def _score_on_ray(input_path, output, model_dir, settings, per_feature, address,
         return write_parquet(scored, output)
     finally:
         ray.shutdown()
+
+
+def _score_fleet_on_ray(input_path, output, model_dir, score_type, samples, seed, threshold,
+                        per_feature, address, tasks, series_id, columns,
+                        timestamp) -> int:  # fmt: skip
+    """A fleet's series on Ray (ray_data.score_fleet), read and written as _score_on_ray."""
+    from vae_edge.runtime.errors import InputError
+
+    try:
+        import ray
+
+        from vae_edge.ray_data import parquet_pieces, read_parquet, score_fleet, write_parquet
+    except ModuleNotFoundError as e:
+        raise click.ClickException(
+            f"--engine ray needs {e.name}: pip install 'vae-edge[ray]'"
+        ) from None
+    pieces = parquet_pieces(input_path)
+    import pyarrow.parquet as pq
+
+    names = pq.ParquetFile(pieces[0]["file"]).schema_arrow.names
+    if series_id not in names:  # before Ray starts
+        raise InputError(f"{pieces[0]['file']}: no column {series_id!r} in the input (it has "
+                         f"{', '.join(names)})")  # fmt: skip
+    settings = None
+    if score_type is not None or samples is not None:  # else each model's own
+        bundles = [p for p in sorted(model_dir.iterdir()) if (p / "vae.json").is_file()]
+        first = model_dir if (model_dir / "vae.json").is_file() or not bundles else bundles[0]
+        settings = _load(first, "cpu", 1).settings(score_type, samples, seed)
+    _quiet_ray_data()
+    ray.init(address=address, include_dashboard=False, logging_level="WARNING",
+             num_cpus=None if address else os.cpu_count())  # fmt: skip
+    try:
+        scored = score_fleet(read_parquet(pieces), model_dir, series_id, settings,
+                             columns=columns or None, timestamp=timestamp,
+                             per_feature=per_feature, threshold=threshold, tasks=tasks)  # fmt: skip
+        return write_parquet(scored, output)
+    finally:
+        ray.shutdown()
+
+
+def _quiet_ray_data() -> None:
+    """Ray Data logs its plan and progress at INFO and a worker's traceback at ERROR; the
+    failure itself comes back as vae-edge's one line. Its logging is configured again as
+    each dataset runs, from this variable (unless the user set it)."""
+    os.environ.setdefault("RAY_DATA_LOG_LEVEL", "CRITICAL")
 
 
 def _counted(batches, bar):

@@ -1,5 +1,8 @@
 """Score with a bundle on Ray Data: the local scoring pass on many workers, the same numbers.
 
+A table's rows are scored in batches anywhere (score_dataset). A fleet's series are scored
+each in order, a series per task, through the same SeriesStream as locally (score_fleet).
+
 Needs the `ray` extra (ray[data], pyarrow). Workers import the runtime (NumPy, onnxruntime)
 and Ray, never torch. Each actor loads EdgeVAE once, with onnxruntime's intra-op threads
 set to the actor's CPU share (Ray does not limit them). A row's noise is keyed by its
@@ -9,6 +12,7 @@ equal EdgeVAE.score on the same rows bit for bit, whichever worker and batch a r
 
 from __future__ import annotations
 
+import functools
 import glob
 import os
 import re
@@ -22,6 +26,8 @@ import pyarrow.parquet as pq
 import ray
 
 from vae_edge.runtime import EdgeVAE, InputError, ScoreSettings, VAEEdgeError
+from vae_edge.runtime.manifest import MANIFEST_FILE
+from vae_edge.runtime.series import SeriesStream
 
 INDEX = "index"  # a row's position in the input (file order, then row order), as in CSV output
 RETRIES = 4  # actor restarts and task retries when a worker dies
@@ -32,6 +38,11 @@ RAY_BATCH_ROWS = 16_384
 # waiting for one would stall the run), so without a bound Ray starts a worker process per
 # row group.
 READERS = 2
+# A series' readings go through its stream this many at a time (the same numbers as all at
+# once): its windows take CHUNK x W x C floats, whatever the series' length.
+CHUNK = 4096
+# Bundles a worker process keeps loaded when each series has its own.
+MODELS_KEPT = 64
 
 
 class BundleScorer:
@@ -119,6 +130,107 @@ def score_dataset(
             max_restarts=RETRIES,
             max_task_retries=RETRIES,
         )
+
+
+def score_series_group(group: dict[str, np.ndarray], model: str, settings, series_id: str,
+                       columns=None, timestamp=None, per_feature=False,
+                       threshold=None):  # fmt: skip
+    """Ray Data group function: every row of one series id, in input order (INDEX),
+    through a SeriesStream of its model, a row per reading as locally: the series id,
+    INDEX (the reading's position in its series), the timestamp column when there is one,
+    score, likelihood, is_anomaly, feature_<channel> with per_feature. model: one windowed
+    bundle for every series, or a folder holding a bundle per series id (model/<id>)."""
+    for name in (series_id, INDEX):
+        if name not in group:
+            raise InputError(f"no column {name!r} in the input (it has "
+                             f"{', '.join(c for c in group if c != INDEX)})")  # fmt: skip
+    order = np.argsort(group[INDEX], kind="stable")
+    sid = group[series_id][0]
+    path = Path(model)
+    if not (path / MANIFEST_FILE).is_file():
+        path = path / str(sid)
+        if not (path / MANIFEST_FILE).is_file():
+            raise InputError(f"series {sid!r}: no bundle {path} in the model folder")
+    m = _windowed_model(path)
+    spec = m.manifest.series
+    values = _features(group, columns or spec.channels, set())[order]
+    if values.dtype.kind not in "uif":
+        raise InputError(f"series {sid!r}: its value columns are not numbers")
+    timestamp = timestamp or (spec.timestamp if spec.timestamp in group else None)
+    stamps = None if timestamp is None else group[timestamp][order]
+    stream = SeriesStream(m, settings or m.settings(), threshold=threshold,
+                          per_feature=per_feature, where=f"series {sid!r}")  # fmt: skip
+    batches = []
+    for i in range(0, len(values), CHUNK):
+        chunk = None if stamps is None else stamps[i : i + CHUNK]
+        batches.append(stream.push(values[i : i + CHUNK].astype(np.float64), chunk))
+    out = {series_id: group[series_id][order], INDEX: np.arange(len(values))}
+    if stamps is not None:
+        out[timestamp] = stamps
+    out["score"] = np.concatenate([b.scores for b in batches])
+    out["likelihood"] = np.concatenate([b.likelihood for b in batches])
+    out["is_anomaly"] = np.concatenate([b.is_anomaly for b in batches])
+    if per_feature:
+        losses = np.concatenate([b.feature_losses for b in batches])
+        for j, name in enumerate(spec.channels):
+            out[f"feature_{name}"] = losses[:, j]
+    return out
+
+
+@functools.lru_cache(maxsize=MODELS_KEPT)
+def _windowed_model(path: Path) -> EdgeVAE:
+    """A bundle, loaded once per worker process (Ray reuses them across tasks), with one
+    onnxruntime thread: a task per series, as many tasks as CPUs."""
+    model = EdgeVAE.load(path, threads=1)
+    if model.manifest.series is None:
+        raise InputError(f"{path}: not a windowed model (no series in vae.json)")
+    return model
+
+
+def score_fleet(
+    dataset: ray.data.Dataset,
+    model: str | Path,
+    series_id: str,
+    settings: ScoreSettings | None = None,
+    *,
+    columns: list[str] | None = None,
+    timestamp: str | None = None,
+    per_feature: bool = False,
+    threshold: float | None = None,
+    tasks: int | None = None,
+) -> ray.data.Dataset:
+    """The readings of many series (rows of `dataset`, each with its series id in the
+    column `series_id` and its position in the input in INDEX, as read_parquet adds it),
+    each series scored in order by its windowed model (score_series_group): the numbers
+    of EdgeVAE.stream() on that series alone. settings: None = each model's own;
+    threshold: the alarm's (default: each model's). tasks: series scored at a time
+    (default: the cluster's CPUs). Tasks, not actors: actors holding every CPU would
+    starve the shuffle that gathers each series' rows."""
+    schema = dataset.schema(fetch_if_missing=False)  # known without reading, or None
+    names = [] if schema is None else schema.names
+    for name in (series_id, INDEX) if names else ():
+        if name not in names:
+            raise InputError(f"no column {name!r} in the input (it has "
+                             f"{', '.join(c for c in names if c != INDEX)})")  # fmt: skip
+    model = Path(model)
+    bundles = [model] if (model / MANIFEST_FILE).is_file() else (
+        [p for p in sorted(model.iterdir()) if (p / MANIFEST_FILE).is_file()]
+        if model.is_dir() else [])  # fmt: skip
+    if not bundles:
+        raise InputError(f"{model}: neither a bundle nor a folder of bundles (one per series id)")
+    if EdgeVAE.load(bundles[0]).manifest.series is None:
+        raise InputError(f"{bundles[0]}: not a windowed model; score a table's rows with "
+                         "score_dataset")  # fmt: skip
+    if tasks is None:
+        tasks = max(1, int(ray.cluster_resources().get("CPU", 1)))
+    return dataset.groupby(series_id).map_groups(
+        score_series_group,
+        fn_args=(str(model), settings, series_id, columns, timestamp, per_feature, threshold),
+        batch_format="numpy",
+        compute=ray.data.TaskPoolStrategy(size=tasks),
+        num_cpus=1,
+        max_retries=RETRIES,
+    )
 
 
 def read_parquet(source: str | Path | list[dict]) -> ray.data.Dataset:
@@ -225,7 +337,9 @@ def _user_error(e: BaseException) -> VAEEdgeError | None:
     cause = e
     while cause is not None and not isinstance(cause, VAEEdgeError):
         cause = getattr(cause, "cause", None) or cause.__cause__
-    return cause or (InputError(found[-1]) if found else None)
+    if found and (cause is None or "\n" in str(cause).strip()):  # Ray's copy: a traceback
+        return InputError(found[-1])
+    return cause
 
 
 def _unreadable(file, e: Exception) -> InputError:

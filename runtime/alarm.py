@@ -72,6 +72,7 @@ class AnomalyLikelihood:
         self._ring = np.zeros(history)
         self.count = 0  # losses seen
         self._sorted = None  # the history at the last fit, sorted
+        self._fitted_at = -1  # the count of losses at the last fit
         self._tail = (0.0, 0.0, 1.0, 0.0)  # threshold, shape, scale, share above
         self._recent = deque()  # (index, tail likelihood), decreasing: the last `quiet`
 
@@ -98,6 +99,17 @@ class AnomalyLikelihood:
         recent.append((i, raw))
         return raw if novel else 0.0
 
+    def judge(self, loss: float) -> float:
+        """The tail likelihood of a loss against the history so far (ungated), without
+        taking it in: a stream frozen after its normal part, so that every later reading
+        is judged against that part alone (0 before LEARNING losses)."""
+        n = min(self.count, self.history)
+        if n < self.learning:
+            return 0.0
+        if self._fitted_at != self.count:
+            self._fit(n)
+        return likelihood_of_tail(self._tail_probability(math.log1p(max(float(loss), 0.0))))
+
     def _fit(self, n: int) -> None:
         """The generalised Pareto tail of the history above its `level` quantile, by the
         method of moments (Hosking & Wallis 1987): shape 0.5 (1 - m^2 / v), scale
@@ -116,6 +128,7 @@ class AnomalyLikelihood:
         elif len(excesses):
             scale = max(float(excesses.mean()), scale)
         self._sorted = history
+        self._fitted_at = self.count
         self._tail = (threshold, shape, scale, share)
 
     def _tail_probability(self, x: float) -> float:

@@ -22,6 +22,7 @@ def _data_dir() -> Path:
 
 
 TINY_BUNDLE = Path(__file__).parent / "data" / "tiny_bundle"
+TINY_SERIES_BUNDLE = Path(__file__).parent / "data" / "tiny_series_bundle"
 
 
 @pytest.fixture(scope="session")

@@ -50,8 +50,8 @@ def build_series(out: Path) -> None:
         os.chdir(tmp)
         try:
             np.save("series.npy", tiny_series())
-            train("series.npy", "run", window=8, epochs=10, hidden=(8,), latent_dim=2, seed=0,
-                  progress=False)  # fmt: skip
+            train("series.npy", "run", window=8, epochs=10, arch="mlp", hidden=(8,), latent_dim=2,
+                  seed=0, progress=False)  # fmt: skip
             export_run("run", out, force=True)
         finally:
             os.chdir(here)
