@@ -41,6 +41,8 @@ READERS = 2
 # A series' readings go through its stream this many at a time (the same numbers as all at
 # once): its windows take CHUNK x W x C floats, whatever the series' length.
 CHUNK = 4096
+# A fleet's rows are gathered per series into this many shuffle partitions per task.
+PARTITIONS_PER_TASK = 4
 # Bundles a worker process keeps loaded when each series has its own.
 MODELS_KEPT = 64
 
@@ -223,7 +225,8 @@ def score_fleet(
                          "score_dataset")  # fmt: skip
     if tasks is None:
         tasks = max(1, int(ray.cluster_resources().get("CPU", 1)))
-    return dataset.groupby(series_id).map_groups(
+    # Ray's default of 200 shuffle partitions is 200 tasks of overhead on a small cluster.
+    return dataset.groupby(series_id, num_partitions=PARTITIONS_PER_TASK * tasks).map_groups(
         score_series_group,
         fn_args=(str(model), settings, series_id, columns, timestamp, per_feature, threshold),
         batch_format="numpy",

@@ -431,3 +431,39 @@ def test_a_stream_never_refuses_a_line(pump_bundle):
     r = stream.report  # the line without a time took the step 00:01, so 00:01 is a repeat
     assert (r.readings, r.unreadable, r.missing, r.out_of_order, r.put_back) == (4, 3, 2, 1, 1)
     assert all(np.isfinite(b.scores).all() for b in out[1:-1])
+
+
+@pytest.mark.parametrize("delimiter", [";", "\t"])
+def test_csv_delimiters_are_recognised_or_named(pump_bundle, tmp_path, delimiter):
+    """A logger's semicolons or tabs (SKAB's files are ;-separated) read as commas do; a
+    delimiter named wrongly is an error that says what the line holds."""
+    values = pump(400, seed=4)
+    comma = write_csv(tmp_path / "comma.csv", values)
+    other = tmp_path / "other.csv"
+    other.write_text(comma.read_text().replace(",", delimiter))
+    a, b = read_series(comma), read_series(other)
+    assert np.array_equal(a.values, b.values) and a.channels == b.channels == CHANNELS
+    assert np.array_equal(a.timestamps, b.timestamps)
+    r1 = run_cli("score", "--model", pump_bundle, comma)
+    r2 = run_cli("score", "--model", pump_bundle, other)
+    assert r1.returncode == r2.returncode == 0 and r1.stdout == r2.stdout, r2.stderr
+    name = {";": ";", "\t": "tab"}[delimiter]
+    r3 = run_cli("score", "--model", pump_bundle, other, "--delimiter", name)
+    assert r3.returncode == 0 and r3.stdout == r1.stdout
+    r4 = run_cli("score", "--model", pump_bundle, other, "--delimiter", ",")
+    assert r4.returncode == 2 and "1 value column(s)" in r4.stderr
+    assert f"the line also holds {';' if delimiter == ';' else 'tab'}" in r4.stderr.replace(
+        "';'", ";"
+    )
+    assert "--delimiter" in r4.stderr and r4.stderr.count("\n") == 1
+    stream = EdgeVAE.load(pump_bundle).stream()
+    lines = other.read_text().splitlines()
+    got = [stream.push_line(line) for line in lines]
+    assert stream.report.unreadable == 0 and sum(b is not None for b in got) == 400
+
+
+def test_decimal_commas_in_a_semicolon_file_are_named(tmp_path):
+    path = tmp_path / "eu.csv"
+    path.write_text("timestamp;a;b\n2024-01-01 00:00:00;1,5;2\n2024-01-01 00:01:00;1,5;2\n")
+    with pytest.raises(InputError, match=r"'1,5' is not a number \(columns split at ';'"):
+        read_series(path)
