@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo install install-gpu test test-runtime-only tiny-bundle model bench bench-anomaly bench-score-cost bench-default-score bench-one-class bench-scale bench-series bench-nab compat lint clean
+.PHONY: demo install install-gpu test test-runtime-only tiny-bundle model bench bench-anomaly bench-score-cost bench-default-score bench-one-class bench-scale bench-series series-venv bench-multivariate bench-fleet bench-nab compat lint clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -103,11 +103,30 @@ bench-scale: install
 # modules import (scikit-learn < 1.6: later releases refuse its estimators) and vae-edge.
 SERIES_VENV := .venv-series
 bench-series: $(BIN)/python
+	$(MAKE) series-venv
+	$(SERIES_VENV)/bin/python benchmarks/series.py
+
+series-venv: $(BIN)/python
 	test -x $(SERIES_VENV)/bin/python || $(PYTHON) -m venv $(SERIES_VENV)
-	$(SERIES_VENV)/bin/pip install -q 'numpy<2' torch==2.13.0 scipy 'scikit-learn<1.6' statsmodels pandas joblib hurst tqdm torchinfo matplotlib
+	$(SERIES_VENV)/bin/pip install -q 'numpy<2' torch==2.13.0 scipy 'scikit-learn<1.6' statsmodels pandas joblib hurst tqdm torchinfo matplotlib numba
 	$(SERIES_VENV)/bin/pip install -q --no-deps tsb-ad==1.5
 	$(SERIES_VENV)/bin/pip install -q -e '.[train]' 'numpy<2'
-	$(SERIES_VENV)/bin/python benchmarks/series.py
+
+# Machines with many sensors: ASD's 12 servers against TSB-AD's multivariate peers (PCA,
+# KMeansAD, IForest, KNN, AutoEncoder, CNN, OmniAnomaly) in the same run, the metrics
+# vae-edge blames against the experts' (HitRate), and SKAB's 34 runs under its
+# leaderboard protocol beside its published board (about 60 minutes on 2 cores, 20 once
+# the peers are cached in build/); writes benchmarks/results/multivariate.{json,md,png}.
+# The same throwaway venv as bench-series.
+bench-multivariate: $(BIN)/python
+	$(MAKE) series-venv
+	$(SERIES_VENV)/bin/python benchmarks/multivariate.py
+
+# A fleet on Ray: 1,000 series x 10,000 readings through `score --engine ray --series-id`,
+# against each series streamed locally, bit for bit, and again with a worker killed
+# (about 30 minutes on 2 cores); writes benchmarks/results/fleet.{json,md}.
+bench-fleet: install
+	$(BIN)/python benchmarks/fleet.py --kill
 
 # Alarms as readings arrive, judged by NAB's own scorer (shared/tools/nab) beside NAB's
 # published detectors: every public NAB series of $(VAE_EDGE_DATA)/nab trained on its
