@@ -74,9 +74,14 @@ def train_bundle(values: np.ndarray, work: Path, **options):
     from vae_edge.runtime import EdgeVAE
     from vae_edge.training.train import fit_series
 
+    losses = []
     t0 = time.perf_counter()
-    model, config = fit_series(values, "auto", **options)
+    model, config = fit_series(values, "auto", on_epoch=lambda e, _: losses.append(e["val_loss"]),
+                               **options)  # fmt: skip
     seconds = time.perf_counter() - t0
+    # stability: the largest jump of an epoch's validation loss above the best before it
+    config.summary["worst_jump"] = max((b / min(losses[:i]) for i, b in enumerate(losses) if i),
+                                       default=1.0)  # fmt: skip
     run = work / "run"
     run.mkdir(parents=True, exist_ok=True)
     torch.save(model.state_dict(), run / "checkpoint.pt")
@@ -159,6 +164,7 @@ def run_server(name: str, folder: Path, peers: dict, skip_peers: bool) -> dict:
         "epochs": config.summary["epochs_run"], "bundle_bytes": size,
         "score_seconds": round(score_seconds, 1),
         "val_loss": config.summary.get("val_loss"),
+        "worst_jump": round(config.summary["worst_jump"], 3),
         "metrics": {HINDSIGHT: metrics(hind, label, sliding),
                     STREAM: metrics(stream, label, sliding)},
         "blame": hit_rates(batch.feature_losses[-n:], spans),
@@ -242,14 +248,15 @@ def write(asd: dict, skab: dict | None, seconds: float) -> None:
                  for k in ("vus_pr", "auroc", "auprc")} for m in methods}  # fmt: skip
     peers = [m for m in methods if m in PEERS]
     best_peer = max(peers, key=lambda m: means[m]["vus_pr"]) if peers else None
-    won = {m: sum(r["metrics"][m]["vus_pr"] > max(r["metrics"][p]["vus_pr"] for p in peers)
+    won = {m: sum(bool(r["metrics"][m]["vus_pr"] > max(r["metrics"][p]["vus_pr"] for p in peers))
                   for r in asd.values()) for m in (HINDSIGHT, STREAM)} if peers else {}  # fmt: skip
     blame = {k: statistics.fmean(r["blame"][k] for r in asd.values())
              for k in ("hitrate@100", "hitrate@150")}  # fmt: skip
     table = {"environment": env, "asd": {"servers": asd, "mean": means, "best_peer": best_peer,
              "servers_won": won, "blame": blame}, "skab": skab}  # fmt: skip
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "multivariate.json").write_text(json.dumps(table, indent=1) + "\n")
+    plain = lambda o: o.item() if isinstance(o, np.generic) else str(o)  # noqa: E731
+    (RESULTS / "multivariate.json").write_text(json.dumps(table, indent=1, default=plain) + "\n")
     lines = [
         "# Machines with many sensors: ASD against TSB-AD's multivariate peers, blame, SKAB",
         "",
@@ -271,7 +278,9 @@ def write(asd: dict, skab: dict | None, seconds: float) -> None:
     lines += [
         "",
         f"vae-edge training (defaults, window auto): median {statistics.median(t):.1f} s, "
-        f"max {max(t):.1f} s; bundle {max(b) / 1e3:.0f} kB at most. Blame against the "
+        f"max {max(t):.1f} s; bundle {max(b) / 1e3:.0f} kB at most; no epoch's validation "
+        f"loss above {max(r['worst_jump'] for r in asd.values()):.2f}x the best before it. "
+        "Blame against the "
         f"experts' metrics: HitRate@100% {blame['hitrate@100']:.3f}, HitRate@150% "
         f"{blame['hitrate@150']:.3f}.",
         "",
