@@ -339,7 +339,7 @@ def plot(name: str, folder: Path, out: Path) -> None:
     losses = batch.feature_losses[-len(test) :]
     lo, hi = max(first - 150, 0), min(last + 150, len(test))
     top = np.argsort(-losses[first : last + 1].mean(axis=0))[: len(blamed)]
-    fig, axes = plt.subplots(3, 1, figsize=(11, 8), sharex=True)
+    fig, axes = plt.subplots(3, 1, figsize=(11, 8), sharex=True, layout="constrained")
     steps = np.arange(lo, hi)
     for c in range(test.shape[1]):
         axes[0].plot(steps, test[lo:hi, c], lw=0.8, color="C3" if c in blamed else "0.7")
@@ -347,7 +347,7 @@ def plot(name: str, folder: Path, out: Path) -> None:
     im = axes[1].imshow(np.log1p(losses[lo:hi].T), aspect="auto", cmap="magma",
                         extent=(lo, hi, test.shape[1] + 0.5, 0.5))  # fmt: skip
     axes[1].set_ylabel("metric")
-    fig.colorbar(im, ax=axes[1], label="log(1 + loss)", pad=0.01)
+    fig.colorbar(im, ax=list(axes), label="log(1 + loss) per metric", pad=0.01)
     axes[1].set_yticks(range(1, test.shape[1] + 1, 2))
     for c in blamed:
         axes[1].plot([lo], [c + 1], ">", color="C3", ms=5, clip_on=False)
@@ -360,7 +360,6 @@ def plot(name: str, folder: Path, out: Path) -> None:
                       f"blamed {len(blamed)} metrics, vae-edge's top {len(blamed)} hold "
                       f"{hits} of them")  # fmt: skip
     axes[2].set_xlabel("test step (5 minutes)")
-    fig.tight_layout()
     fig.savefig(out, dpi=110)
 
 
