@@ -38,7 +38,6 @@ import statistics
 import sys
 import tempfile
 import time
-import warnings
 from importlib import metadata
 from pathlib import Path
 
@@ -92,18 +91,10 @@ def train_bundle(values: np.ndarray, work: Path, **options):
 
 
 def metrics(scores: np.ndarray, labels: np.ndarray, sliding: int) -> dict:
-    """TSB-AD's AUROC, AUPRC and VUS-PR (the calls its get_metrics makes for them)."""
-    from TSB_AD.evaluation.basic_metrics import basic_metricor, generate_curve
+    """TSB-AD's AUROC, AUPRC and VUS-PR of every step (bench-series' own calls)."""
+    from series import metrics as series_metrics  # benchmarks/series.py, beside this file
 
-    s = np.asarray(scores, np.float64)
-    if not np.isfinite(s).all():
-        return {"auroc": math.nan, "auprc": math.nan, "vus_pr": math.nan}
-    grader = basic_metricor()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        vus_pr = generate_curve(labels.astype(int), s, sliding, "opt", 250)[-1]
-        return {"auroc": grader.metric_ROC(labels, s), "auprc": grader.metric_PR(labels, s),
-                "vus_pr": vus_pr}  # fmt: skip
+    return series_metrics(scores, labels, 0, sliding)
 
 
 def interpretation(path: Path) -> list[tuple[int, int, list[int]]]:

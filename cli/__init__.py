@@ -462,63 +462,63 @@ def _names(text: str | None) -> list[str]:
 
 def _score_on_ray(input_path, output, model_dir, settings, per_feature, address, actors,
                   cpus_per_actor, keep, columns) -> int:  # fmt: skip
-    """Read, score and write on Ray; a local Ray sized to this machine unless --address."""
-    try:
-        import ray
+    """A table's rows, read, scored and written on Ray (_on_ray)."""
 
-        from vae_edge.ray_data import parquet_pieces, read_parquet, score_dataset, write_parquet
-    except ModuleNotFoundError as e:
-        raise click.ClickException(
-            f"--engine ray needs {e.name}: pip install 'vae-edge[ray]'"
-        ) from None
-    pieces = parquet_pieces(input_path)  # a bad file is named before Ray starts
-    _quiet_ray_data()
-    ray.init(address=address, include_dashboard=False, logging_level="WARNING",
-             num_cpus=None if address else os.cpu_count())  # fmt: skip
-    try:
-        dataset = read_parquet(pieces)
-        scored = score_dataset(dataset, model_dir, settings, columns=columns or None,
-                               keep=tuple(keep), per_feature=per_feature, actors=actors,
-                               cpus_per_actor=cpus_per_actor)  # fmt: skip
-        return write_parquet(scored, output)
-    finally:
-        ray.shutdown()
+    def scored(ray_data, dataset):
+        return ray_data.score_dataset(dataset, model_dir, settings, columns=columns or None,
+                                      keep=tuple(keep), per_feature=per_feature,
+                                      actors=actors, cpus_per_actor=cpus_per_actor)  # fmt: skip
+
+    return _on_ray(input_path, output, address, scored)
 
 
 def _score_fleet_on_ray(input_path, output, model_dir, score_type, samples, seed, threshold,
                         per_feature, address, tasks, series_id, columns,
                         timestamp) -> int:  # fmt: skip
-    """A fleet's series on Ray (ray_data.score_fleet), read and written as _score_on_ray."""
+    """A fleet's series on Ray (ray_data.score_fleet), read and written by _on_ray."""
     from vae_edge.runtime.errors import InputError
 
+    def check(ray_data, pieces):  # before Ray starts
+        import pyarrow.parquet as pq
+
+        names = pq.ParquetFile(pieces[0]["file"]).schema_arrow.names
+        if series_id not in names:
+            raise InputError(f"{pieces[0]['file']}: no column {series_id!r} in the input (it "
+                             f"has {', '.join(names)})")  # fmt: skip
+
+    def scored(ray_data, dataset):
+        settings = None  # each model's own, unless a score is asked for
+        if score_type is not None or samples is not None:
+            first = ray_data.first_bundle(model_dir)
+            settings = _load(first, "cpu", 1).settings(score_type, samples, seed)
+        return ray_data.score_fleet(dataset, model_dir, series_id, settings,
+                                    columns=columns or None, timestamp=timestamp,
+                                    per_feature=per_feature, threshold=threshold,
+                                    tasks=tasks)  # fmt: skip
+
+    return _on_ray(input_path, output, address, scored, check)
+
+
+def _on_ray(input_path, output, address, scored, check=None) -> int:
+    """Read the Parquet input, score it with scored(ray_data, dataset) and write it, on a
+    local Ray sized to this machine unless --address. Every file's footer is read, and
+    check(ray_data, pieces) run, before Ray starts."""
     try:
         import ray
 
-        from vae_edge.ray_data import parquet_pieces, read_parquet, score_fleet, write_parquet
+        from vae_edge import ray_data
     except ModuleNotFoundError as e:
         raise click.ClickException(
             f"--engine ray needs {e.name}: pip install 'vae-edge[ray]'"
         ) from None
-    pieces = parquet_pieces(input_path)
-    import pyarrow.parquet as pq
-
-    names = pq.ParquetFile(pieces[0]["file"]).schema_arrow.names
-    if series_id not in names:  # before Ray starts
-        raise InputError(f"{pieces[0]['file']}: no column {series_id!r} in the input (it has "
-                         f"{', '.join(names)})")  # fmt: skip
-    settings = None
-    if score_type is not None or samples is not None:  # else each model's own
-        bundles = [p for p in sorted(model_dir.iterdir()) if (p / "vae.json").is_file()]
-        first = model_dir if (model_dir / "vae.json").is_file() or not bundles else bundles[0]
-        settings = _load(first, "cpu", 1).settings(score_type, samples, seed)
+    pieces = ray_data.parquet_pieces(input_path)  # a bad file is named before Ray starts
+    if check is not None:
+        check(ray_data, pieces)
     _quiet_ray_data()
     ray.init(address=address, include_dashboard=False, logging_level="WARNING",
              num_cpus=None if address else os.cpu_count())  # fmt: skip
     try:
-        scored = score_fleet(read_parquet(pieces), model_dir, series_id, settings,
-                             columns=columns or None, timestamp=timestamp,
-                             per_feature=per_feature, threshold=threshold, tasks=tasks)  # fmt: skip
-        return write_parquet(scored, output)
+        return ray_data.write_parquet(scored(ray_data, ray_data.read_parquet(pieces)), output)
     finally:
         ray.shutdown()
 

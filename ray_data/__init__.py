@@ -215,13 +215,9 @@ def score_fleet(
             raise InputError(f"no column {name!r} in the input (it has "
                              f"{', '.join(c for c in names if c != INDEX)})")  # fmt: skip
     model = Path(model)
-    bundles = [model] if (model / MANIFEST_FILE).is_file() else (
-        [p for p in sorted(model.iterdir()) if (p / MANIFEST_FILE).is_file()]
-        if model.is_dir() else [])  # fmt: skip
-    if not bundles:
-        raise InputError(f"{model}: neither a bundle nor a folder of bundles (one per series id)")
-    if EdgeVAE.load(bundles[0]).manifest.series is None:
-        raise InputError(f"{bundles[0]}: not a windowed model; score a table's rows with "
+    first = first_bundle(model)
+    if EdgeVAE.load(first).manifest.series is None:
+        raise InputError(f"{first}: not a windowed model; score a table's rows with "
                          "score_dataset")  # fmt: skip
     if tasks is None:
         tasks = max(1, int(ray.cluster_resources().get("CPU", 1)))
@@ -234,6 +230,21 @@ def score_fleet(
         num_cpus=1,
         max_retries=RETRIES,
     )
+
+
+def first_bundle(model: Path) -> Path:
+    """`model` when it is a bundle, else the first bundle in the folder `model` (one per
+    series id); InputError when there is none."""
+    if (model / MANIFEST_FILE).is_file():
+        return model
+    bundles = (
+        sorted(p for p in model.iterdir() if (p / MANIFEST_FILE).is_file())
+        if model.is_dir()
+        else []
+    )
+    if not bundles:
+        raise InputError(f"{model}: neither a bundle nor a folder of bundles (one per series id)")
+    return bundles[0]
 
 
 def read_parquet(source: str | Path | list[dict]) -> ray.data.Dataset:

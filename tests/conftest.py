@@ -98,3 +98,35 @@ def run_cli(*args, cwd=None, env=None):
         env=env,
         timeout=600,
     )
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    """A local Ray (2 CPUs) for a test module, bounded: a Ray test that hangs fails here
+    instead of stalling CI."""
+    import signal
+
+    import ray
+
+    def too_long(*_):
+        raise TimeoutError("a Ray test module ran over 300 s")
+
+    previous = signal.signal(signal.SIGALRM, too_long)
+    signal.alarm(300)
+    ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
+    yield
+    ray.shutdown()
+    signal.alarm(0)
+    signal.signal(signal.SIGALRM, previous)
+
+
+def pids_running(marker: bytes) -> list[int]:
+    """The processes whose command line holds `marker` (a Ray worker names its task)."""
+    pids = []
+    for proc in Path("/proc").iterdir():
+        try:
+            if proc.name.isdigit() and marker in (proc / "cmdline").read_bytes():
+                pids.append(int(proc.name))
+        except OSError:
+            continue
+    return pids

@@ -15,8 +15,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-import ray
-from conftest import TINY_SERIES_BUNDLE, run_cli
+from conftest import TINY_SERIES_BUNDLE, pids_running, run_cli
 
 from vae_edge.ray_data import INDEX, read_parquet, score_fleet, write_parquet
 from vae_edge.runtime import EdgeVAE, InputError
@@ -25,18 +24,7 @@ STEP = 60
 SERIES = {"pump-a": 900, "pump-b": 650, "fan-7": 1200, "9": 300}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def local_ray():
-    def too_long(*_):
-        raise TimeoutError("a Ray fleet test ran over 300 s")
-
-    previous = signal.signal(signal.SIGALRM, too_long)
-    signal.alarm(300)
-    ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
-    yield
-    ray.shutdown()
-    signal.alarm(0)
-    signal.signal(signal.SIGALRM, previous)
+pytestmark = pytest.mark.usefixtures("local_ray")
 
 
 @pytest.fixture(scope="module")
@@ -155,17 +143,6 @@ def test_fleet_refusals(fleet_parquet, bundle, tmp_path):
         score_fleet(read_parquet(fleet_parquet), tmp_path, "machine")
 
 
-def _fleet_pids() -> list[int]:
-    pids = []
-    for proc in Path("/proc").iterdir():
-        try:
-            if proc.name.isdigit() and b"score_series_group" in (proc / "cmdline").read_bytes():
-                pids.append(int(proc.name))
-        except OSError:
-            continue
-    return pids
-
-
 def test_every_reading_once_when_a_worker_is_killed(bundle, tmp_path):
     n_series, n = 40, 3000
     rng = np.random.default_rng(9)
@@ -183,7 +160,7 @@ def test_every_reading_once_when_a_worker_is_killed(bundle, tmp_path):
     def kill_one_worker():
         deadline = time.time() + 200
         while time.time() < deadline and not killed:
-            pids = _fleet_pids()
+            pids = pids_running(b"score_series_group")
             if pids:
                 time.sleep(0.5)
                 try:

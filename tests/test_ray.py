@@ -13,7 +13,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import ray
-from conftest import TINY_BUNDLE, run_cli
+from conftest import TINY_BUNDLE, pids_running, run_cli
 
 from vae_edge.ray_data import (
     INDEX,
@@ -28,19 +28,7 @@ from vae_edge.runtime.anomaly import calibrate, write_threshold
 ROWS = 3000
 
 
-@pytest.fixture(scope="module", autouse=True)
-def local_ray():
-    # A bounded run: a Ray test that hangs fails here instead of stalling CI.
-    def too_long(*_):
-        raise TimeoutError("a Ray test ran over 300 s")
-
-    previous = signal.signal(signal.SIGALRM, too_long)
-    signal.alarm(300)
-    ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
-    yield
-    ray.shutdown()
-    signal.alarm(0)
-    signal.signal(signal.SIGALRM, previous)
+pytestmark = pytest.mark.usefixtures("local_ray")
 
 
 def rows(n: int = ROWS) -> np.ndarray:
@@ -112,17 +100,6 @@ def test_an_image_tensor_column_is_scored_as_images(tmp_path):
     np.testing.assert_array_equal(out["score"], model.score(images.reshape(-1, 28, 28)))
 
 
-def _scorer_pids() -> list[int]:
-    pids = []
-    for proc in Path("/proc").iterdir():
-        try:
-            if proc.name.isdigit() and b"BundleScorer" in (proc / "cmdline").read_bytes():
-                pids.append(int(proc.name))
-        except OSError:
-            continue
-    return pids
-
-
 def test_every_row_appears_once_when_an_actor_is_killed(tmp_path):
     n = 40_000
     x = np.random.default_rng(2).standard_normal((n, 6)).astype(np.float32)
@@ -134,12 +111,12 @@ def test_every_row_appears_once_when_an_actor_is_killed(tmp_path):
     settings = model.settings(samples=16, seed=0, batch_size=256)
     killed = []
     # Actors of earlier tests may still be exiting: only one of this run's is killed.
-    earlier = set(_scorer_pids())
+    earlier = set(pids_running(b"BundleScorer"))
 
     def kill_one_actor():
         deadline = time.time() + 120
         while time.time() < deadline and not killed:
-            pids = [pid for pid in _scorer_pids() if pid not in earlier]
+            pids = [pid for pid in pids_running(b"BundleScorer") if pid not in earlier]
             if pids:
                 time.sleep(1.0)  # let it score a few batches first
                 try:
