@@ -1,4 +1,5 @@
-"""Export a training run as a model bundle: encoder.onnx, decoder.onnx and vae.json.
+"""Export a training run as a model bundle: encoder.onnx, decoder.onnx, the score graphs
+(prepare.onnx, loss.onnx: export/score_graphs.py) and vae.json.
 
 Export is not done until it is validated: both graphs are checked (onnx.checker, no random
 op, symbolic batch dimension) and run under onnxruntime through the runtime's own loader
@@ -27,6 +28,7 @@ import onnxruntime
 import torch
 from onnx import version_converter
 
+from vae_edge.export.score_graphs import add_score_graphs
 from vae_edge.runtime.bench import data_like_samples
 from vae_edge.runtime.data import umask
 from vae_edge.runtime.errors import InputError, VAEEdgeError
@@ -98,6 +100,7 @@ def export_run(
         manifest = _build(vae, config, staging)
         if quantize:
             manifest = _quantize(manifest, staging, quantize)
+        manifest = add_score_graphs(staging)
         _replace_dir(staging, out)
     finally:
         shutil.rmtree(staging, ignore_errors=True)

@@ -159,6 +159,9 @@ def load_bundle(
         if device == "cuda" and "CUDAExecutionProvider" not in session.get_providers():
             raise BundleError(f"{where}: CUDA was requested but onnxruntime fell back to CPU")
         sessions.append(session)
+    for graph in (manifest.score_graphs or {}).values():  # not run here, but shipped: checked
+        if verify:
+            _check_hash(_read_graph(directory, graph, where), graph, where)
     return Bundle(manifest, *sessions, source=where, device=device, bind=device != "cpu",
                   graphs_for_parallel=tuple(graphs) if parallel else None)  # fmt: skip
 
@@ -186,7 +189,7 @@ def verify(path: str | Path | None = None) -> list[tuple[str, bool, str]]:
     except VAEEdgeError as e:
         return [("manifest", False, str(e))]
     report = [("manifest", True, f"format {manifest.format_version}, fields valid")]
-    for graph in (manifest.encoder, manifest.decoder):
+    for graph in (manifest.encoder, manifest.decoder, *(manifest.score_graphs or {}).values()):
         for check, step, detail in (
             ("sha256", _check_hash, graph.sha256),
             ("self-contained", _check_self_contained, "no external data"),
@@ -204,6 +207,15 @@ def verify(path: str | Path | None = None) -> list[tuple[str, bool, str]]:
     except VAEEdgeError as e:
         return [*report, (check, False, str(e))]
     return [*report, (check, True, ", ".join(bundle.providers))]
+
+
+def graph_bytes(source: str, graph: Graph) -> bytes:
+    """A graph file of the bundle loaded from `source` (its path, or "default model"),
+    checked against its sha256."""
+    directory = default_model_dir() if source == "default model" else Path(source)
+    data = _read_graph(directory, graph, source)
+    _check_hash(data, graph, source)
+    return data
 
 
 def _bundle_dir(path) -> tuple[Path, str]:

@@ -20,7 +20,10 @@ from vae_edge.runtime.alarm import ALARM_THRESHOLD
 from vae_edge.runtime.errors import BundleError
 from vae_edge.runtime.scoring import DEFAULT_SCORE_TYPE, SCORE_TYPES
 
-FORMAT_VERSION = 1
+# 2: the score graphs (score_graphs: prepare.onnx, loss.onnx) and the default score's stored
+# noise (default_score.eps); format 1 bundles, without them, still load.
+FORMAT_VERSION = 2
+FORMAT_VERSIONS = (1, 2)
 MANIFEST_FILE = "vae.json"
 LIKELIHOODS = {"bernoulli": "logits", "gaussian": "mean"}  # likelihood -> decoder output
 
@@ -132,6 +135,9 @@ class DefaultScore:
     score_type: str = DEFAULT_SCORE_TYPE
     samples: int = 0
     complexity: bool = False
+    # (samples, latent_dim): the noise of the draws at seed 0, the same for every row, so
+    # that every runtime reproduces the score (format 2); None: NumPy's row_noise.
+    eps: list[list[float]] | None = None
 
 
 @dataclass(frozen=True)
@@ -186,6 +192,8 @@ class Manifest:
     input_dtype: str = "float32"  # what the encoder graph takes, after preprocessing
     binary: bool = False  # trained on 0/1 data (Bernoulli on x itself); absent = false
     series: SeriesSpec | None = None  # a windowed model's series; absent = not windowed
+    # "prepare" and "loss": the score as graphs (export/score_graphs.py); absent in format 1
+    score_graphs: dict[str, Graph] | None = None
 
     @property
     def decoder_output(self) -> str:
@@ -233,8 +241,9 @@ class Manifest:
         _check(isinstance(d, dict), "the manifest is not a JSON object")
         version = _get(d, "format_version", int)
         _check(
-            version == FORMAT_VERSION,
-            f"format_version {version} is not supported (this runtime reads {FORMAT_VERSION})",
+            version in FORMAT_VERSIONS,
+            f"format_version {version} is not supported (this runtime reads "
+            f"{' and '.join(map(str, FORMAT_VERSIONS))})",
         )
         likelihood = _get(d, "likelihood", str)
         _check(likelihood in LIKELIHOODS, f"unknown likelihood {likelihood!r}")
@@ -267,13 +276,14 @@ class Manifest:
             versions=_get(d, "versions", dict),
             parity=_get(d, "parity", dict),
             training=_get(d, "training", dict),
-            default_score=_default_score(d.get("default_score", {})),
+            default_score=_default_score(d.get("default_score", {}), latent_dim),
             threshold=_threshold(d.get("threshold")),
             observation_logvar=_observation_logvar(
                 d.get("observation_logvar"), math.prod(shape), shape[-1] if series else None
             ),
             binary=d.get("binary", False),
             series=series,
+            score_graphs=_score_graphs(d.get("score_graphs")),
         )
         _check(isinstance(manifest.binary, bool), "binary must be true or false")
         _check(
@@ -406,7 +416,15 @@ def _graph(d: dict, name: str) -> Graph:
     return Graph(file, sha, inputs, outputs, *versions)
 
 
-def _default_score(d: Any) -> DefaultScore:
+def _score_graphs(d: Any) -> dict[str, Graph] | None:
+    if d is None:
+        return None
+    _check(isinstance(d, dict) and set(d) == {"prepare", "loss"},
+           "score_graphs must be null or an object with prepare and loss")  # fmt: skip
+    return {name: _graph(_get(d, name, dict, "score_graphs"), name) for name in ("prepare", "loss")}
+
+
+def _default_score(d: Any, latent_dim: int) -> DefaultScore:
     _check(isinstance(d, dict), "default_score must be an object")
     before = DefaultScore()  # what bundles exported before the field was recorded score
     score_type = d.get("score_type", before.score_type)
@@ -416,7 +434,17 @@ def _default_score(d: Any) -> DefaultScore:
     _check(score_type != "iwae" or samples >= 1, "default_score: iwae needs samples >= 1")
     complexity = d.get("complexity", before.complexity)
     _check(isinstance(complexity, bool), "default_score.complexity must be true or false")
-    return DefaultScore(score_type, samples, complexity)
+    eps = d.get("eps")
+    _check(
+        eps is None
+        or (isinstance(eps, list) and len(eps) == samples > 0
+            and all(isinstance(row, list) and len(row) == latent_dim for row in eps)
+            and all((_is_int(v) or isinstance(v, float)) and math.isfinite(v)
+                    for row in eps for v in row)),
+        f"default_score.eps must be null or {samples} lists of {latent_dim} finite numbers",
+    )  # fmt: skip
+    return DefaultScore(score_type, samples, complexity,
+                        None if eps is None else [[float(v) for v in row] for row in eps])  # fmt: skip
 
 
 def _threshold(d: Any) -> Threshold | None:

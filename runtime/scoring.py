@@ -87,7 +87,7 @@ class ScoredBatch:
 
 def scores_at_mean(losses, mu, logvar, score_type: str) -> np.ndarray:
     """Scores from per-feature losses (n, *shape) of z = mu, logvar clamped."""
-    recon = losses.reshape(len(losses), -1).sum(axis=1, dtype=losses.dtype)
+    recon = np.add.reduce(losses.reshape(len(losses), -1), axis=1, dtype=np.float64)
     if score_type == "recon":
         return finite_float32(recon)
     return finite_float32(recon + kl_divergence(mu, logvar))
@@ -97,7 +97,7 @@ def scores_over_draws(losses, mu, logvar, z, eps, score_type: str) -> np.ndarray
     """Scores from per-feature losses (n, L, *shape) of L draws z (n, L, k) made with noise
     eps (n, L, k), logvar clamped."""
     n, draws = losses.shape[:2]
-    recon = np.add.reduce(losses.reshape(n, draws, -1), axis=2, dtype=losses.dtype)  # (n, L)
+    recon = np.add.reduce(losses.reshape(n, draws, -1), axis=2, dtype=np.float64)  # (n, L)
     if score_type == "recon":
         return finite_float32(recon.mean(axis=1))
     if score_type == "elbo":
@@ -106,8 +106,8 @@ def scores_over_draws(losses, mu, logvar, z, eps, score_type: str) -> np.ndarray
     # log q(z|x) takes the eps that made z (recovering it from z overflows for tiny
     # variances). The ufuncs' own reductions: np.sum's, np.max's and np.mean's arithmetic
     # without their Python overhead, most of the cost of a batch-1 call.
+    z, eps, logvar = (np.asarray(a, np.float64) for a in (z, eps, logvar))
     log_w = -recon - 0.5 * np.add.reduce(np.square(z) - np.square(eps) - logvar[:, None], axis=2)
-    log_w = log_w.astype(np.float64)
     # initial: a finite top where every weight is 0 (a loss overflowed), so the score is
     # +inf there, not NaN; elsewhere it changes nothing.
     top = np.maximum.reduce(log_w, axis=1, keepdims=True, initial=_LOWEST)
@@ -117,7 +117,11 @@ def scores_over_draws(losses, mu, logvar, z, eps, score_type: str) -> np.ndarray
 
 
 def kl_divergence(mu: np.ndarray, logvar: np.ndarray) -> np.ndarray:
-    """KL(N(mu, exp(logvar)) || N(0, I)) per row, closed form, for a clamped logvar."""
+    """KL(N(mu, exp(logvar)) || N(0, I)) per row, closed form, for a clamped logvar. In
+    float64, as the sums of the losses: its terms cancel (1 + logvar - exp(logvar) is
+    about -logvar^2 / 2), and in float32 one ulp of exp(logvar) was 1e-5 of a series'
+    score, which put the score graphs' numbers (another exp) that far from NumPy's."""
+    mu, logvar = np.asarray(mu, np.float64), np.asarray(logvar, np.float64)
     # np.add.reduce is np.sum's arithmetic without its Python overhead
     return -0.5 * np.add.reduce(1 + logvar - np.square(mu) - np.exp(logvar), axis=1)
 
