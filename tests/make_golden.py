@@ -173,6 +173,8 @@ def vectors() -> dict[str, dict]:
 def write(out: Path = GOLDEN) -> None:
     for name, vector in vectors().items():
         (out / f"{name}.json").write_text(json.dumps(vector) + "\n")
+    # the page's example sensor: the golden stream's lines
+    (ROOT / "js" / "web" / "sensor.csv").write_text("\n".join(stream_lines()) + "\n")
 
 
 if __name__ == "__main__":
