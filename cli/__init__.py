@@ -187,7 +187,7 @@ def export(run_dir, model_dir, force, quantize, fp16):
     quantize = "fp16" if fp16 else quantize
     manifest = export_module.export_run(run_dir, model_dir, force=force, quantize=quantize)
     p = manifest.parity
-    click.echo(f"wrote {model_dir} (encoder.onnx, decoder.onnx, vae.json)")
+    click.echo(f"wrote {model_dir} (encoder.onnx, decoder.onnx, prepare.onnx, loss.onnx, vae.json)")
     click.echo(
         ("fp32 graphs' parity" if quantize else "parity")
         + " vs PyTorch at batch sizes "
@@ -206,6 +206,24 @@ def export(run_dir, model_dir, force, quantize, fp16):
             f"{q['score_correlation']:.5f} (at least {q['min_correlation']}), median relative "
             f"difference {q['median_rel_diff_score']:.2e}"
         )
+
+
+@cli.command()
+@click.argument("model_dir", type=click.Path(path_type=Path))
+def upgrade(model_dir):
+    """Add the score graphs (prepare.onnx, loss.onnx) to a bundle exported before they
+    were (format 1 -> 2), in place (needs the `train` extra)."""
+    graphs = _train_extra("vae_edge.export.score_graphs")
+    before = _load(model_dir, "cpu", None).manifest
+    manifest = graphs.upgrade_bundle(model_dir)
+    check = manifest.parity["score_graphs"]
+    click.echo(f"{model_dir}: format {before.format_version} -> {manifest.format_version}, "
+               f"prepare.onnx and loss.onnx added; their scores within "
+               f"{check['max_rel_diff_score']:.1e} of the runtime's")  # fmt: skip
+    if before.default_score.samples and before.default_score.eps is None:
+        click.echo(f"the default score's {before.default_score.samples} draws now use noise "
+                   "stored in vae.json, the same for every row: its scores moved a little"
+                   + ("; calibrate the threshold again" if before.threshold else ""))  # fmt: skip
 
 
 @cli.command()
@@ -751,7 +769,8 @@ def info(model_dir, verify):
         f"likelihood    {m.likelihood} (decoder emits {m.decoder_output})",
         f"latent_dim    {m.latent_dim}",
         *([_series_line(m.series)] if m.series else []),
-        *(f"{g.file:<13} sha256 {g.sha256}, {_ir_and_opset(g)}" for g in (m.encoder, m.decoder)),
+        *(f"{g.file:<13} sha256 {g.sha256}, {_ir_and_opset(g)}"
+          for g in (m.encoder, m.decoder, *(m.score_graphs or {}).values())),
         f"exporter      {m.exporter}",
         "parity        "
         + ", ".join(

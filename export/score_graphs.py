@@ -288,3 +288,24 @@ def add_score_graphs(folder: str | Path) -> Manifest:
     manifest = Manifest.from_dict(d)
     path.write_text(manifest.to_json())
     return manifest
+
+
+def upgrade_bundle(folder: str | Path) -> Manifest:
+    """`vae-edge upgrade`: add the score graphs to a bundle in place, atomically (a copy is
+    upgraded and checked, then swapped in)."""
+    import shutil
+    import tempfile
+
+    from vae_edge.export.onnx_export import _replace_dir
+    from vae_edge.runtime.bundle import load_bundle
+
+    folder = Path(folder)
+    load_bundle(folder)  # a bundle that does not load is refused before anything is written
+    staging = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}.", suffix=".tmp"))
+    try:
+        shutil.copytree(folder, staging, dirs_exist_ok=True)
+        manifest = add_score_graphs(staging)
+        _replace_dir(staging, folder)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return manifest

@@ -181,7 +181,7 @@ BUNDLE_CASES = [
     ("missing field", lambda b, o: _edit(b, lambda m: m.pop("likelihood")),
      "{b}: invalid manifest: missing field 'likelihood'"),
     ("unknown version", lambda b, o: _edit(b, lambda m: m.update(format_version=7)),
-     "{b}: invalid manifest: format_version 7 is not supported (this runtime reads 1)"),
+     "{b}: invalid manifest: format_version 7 is not supported (this runtime reads 1 and 2)"),
     ("wrong type", lambda b, o: _edit(b, lambda m: m.update(latent_dim=20.5)),
      "{b}: invalid manifest: field 'latent_dim' must be of type int, got float"),
     ("bad json", lambda b, o: (b / "vae.json").write_text("{"), "{b}: not valid JSON"),
@@ -375,8 +375,9 @@ def test_info_verify_reports_each_check_on_a_good_bundle():
     r = run_cli("info", "--verify")
     assert r.returncode == 0, r.stderr
     lines = r.stdout.splitlines()
-    assert len(lines) == 8 and all(line.startswith("ok") for line in lines)
-    assert any("encoder.onnx sha256" in line for line in lines)
+    assert len(lines) == 12 and all(line.startswith("ok") for line in lines)
+    for graph in ("encoder", "decoder", "prepare", "loss"):  # each graph's sha256 is checked
+        assert any(f"{graph}.onnx sha256" in line for line in lines)
 
 
 def test_bundles_hold_only_json_and_onnx(mnist_bundle):
