@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo install install-gpu test test-runtime-only tiny-bundle model bench bench-anomaly bench-score-cost bench-default-score bench-one-class bench-scale bench-series series-venv bench-multivariate bench-fleet bench-nab compat lint clean
+.PHONY: demo install install-gpu test test-runtime-only test-js test-browser js-install chromium golden web screenshots bench-js tiny-bundle model bench bench-anomaly bench-score-cost bench-default-score bench-one-class bench-scale bench-series series-venv bench-multivariate bench-fleet bench-nab compat lint clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -30,6 +30,45 @@ install-gpu: $(BIN)/python
 test: install
 	$(BIN)/python -m pytest
 	$(MAKE) test-runtime-only
+	$(MAKE) test-js
+	$(MAKE) test-browser
+
+# The JavaScript runtime (js/): npm packages from the committed lockfile. onnxruntime-node's
+# install script downloads binaries from outside and is not run: its CPU binary is inside
+# the package.
+js/node_modules/.package-lock.json: js/package-lock.json
+	cd js && npm ci --ignore-scripts --no-audit --no-fund --loglevel=error
+
+js-install: js/node_modules/.package-lock.json
+
+# Node's own test runner: the golden vectors with onnxruntime-node and onnxruntime-web's
+# wasm, the refusals, samples, timestamps.
+test-js: js-install
+	cd js && node --test test/runtime.test.js
+
+# Debian's chromium, installed when missing (root or sudo): no package downloads a browser.
+chromium:
+	@test -x /usr/bin/chromium || { \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium >/dev/null; }
+
+# The page in real headless Chromium (playwright-core drives /usr/bin/chromium).
+test-browser: js-install chromium
+	cd js && SCREENSHOTS=0 node --test test/browser.test.js
+
+# The page's screenshots in docs/images (the browser test, writing them).
+screenshots: js-install chromium
+	cd js && node --test test/browser.test.js
+
+# Inputs and Python's outputs that hold every port to Python (js/test/golden); MODELS=1
+# also retrains the two small bundles they use.
+golden: install
+	$(BIN)/python tests/make_golden.py $(if $(MODELS),--models)
+
+# The page on http://127.0.0.1:8000/ (static files only; PORT=... for another port).
+PORT ?= 8000
+web: js-install
+	node js/web/serve.js $(PORT)
 
 # The runtime's tests again, installed as a runtime-only user on a device with an old
 # onnxruntime installs it: `pip install .` beside the oldest onnxruntime supported, with the
@@ -46,6 +85,7 @@ test-runtime-only:
 	$(RUNTIME_VENV)/bin/python -c "import importlib.util as u; missing = [m for m in ('torch', 'onnx') if u.find_spec(m)]; assert not missing, missing"
 	$(RUNTIME_VENV)/bin/python -c "import vae_edge.runtime as r; assert '$(RUNTIME_VENV)' in r.__file__, r.__file__"
 	$(RUNTIME_VENV)/bin/python -m pytest -p no:cacheprovider tests/test_scoring.py tests/test_runtime.py tests/test_alarm.py
+	$(RUNTIME_VENV)/bin/python -c "from vae_edge.runtime import EdgeVAE; from vae_edge.runtime.score_graphs import check_graphs; [print('score graphs on onnxruntime $(OLDEST_ONNXRUNTIME):', p or 'shipped', check_graphs(EdgeVAE.load(p))) for p in (None, 'tests/data/tiny_bundle', 'tests/data/tiny_series_bundle')]"
 
 # Rebuild tests/data/tiny_bundle, the few-kB table model the runtime tests use (seeded:
 # tests/test_export.py checks that it comes out the same).
@@ -149,8 +189,14 @@ bench-nab: install
 compat: install
 	$(BIN)/python benchmarks/compat.py
 
+# The JavaScript runtime's latency and throughput in Node and in Chromium (wasm, one
+# thread) beside Python on the same bundles in the same run, and the page's time to its
+# first score (about 5 minutes); writes benchmarks/results/js.{json,md}.
+bench-js: install js-install chromium
+	$(BIN)/python benchmarks/js.py
+
 lint: install
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .
 
 clean:
-	rm -rf $(VENV) $(RUNTIME_VENV) $(SERIES_VENV) $(NAB_VENV) build samples.png .pytest_cache
+	rm -rf $(VENV) $(RUNTIME_VENV) $(SERIES_VENV) $(NAB_VENV) build samples.png .pytest_cache js/node_modules

@@ -73,6 +73,21 @@ SCORE_VARIANTS = (("elbo", 0), ("recon", 0), ("elbo", 5), ("iwae", 3), ("iwae", 
                   ("iwae", 20))  # fmt: skip
 
 
+# The default as format 1 bundles scored it: -L_5 with NumPy noise keyed by row position
+# (format 2 stores five draws in the manifest, the same for every row).
+ROW_NOISE = "iwae_L5 row noise"
+
+
+def format_1_default(model, x):
+    """The model's default score with the noise of a bundle without stored draws."""
+    stored = model.manifest.default_score.eps
+    model.__dict__["_stored_eps"] = None  # EdgeVAE._stored_eps, a cached property
+    try:
+        return model.score(x)
+    finally:
+        model.__dict__["_stored_eps"] = None if stored is None else np.asarray(stored, np.float32)
+
+
 def choice(trim: float, min_steps: int) -> str:
     return f"trim {trim:g}, {min_steps} steps"
 
@@ -262,6 +277,7 @@ def run_split(job) -> tuple[str, int, dict]:
             for score_type, samples in SCORE_VARIANTS:
                 key = score_key(score_type, samples)
                 scores[key] = detector.model_.score(x_test, samples, 0, score_type)
+            scores[ROW_NOISE] = format_1_default(detector.model_, x_test)
     # vae-edge's scores of every kind that are NaN or infinite (none may be)
     nonfinite = sum(int((~np.isfinite(s)).sum()) for k, s in scores.items() if k not in PEERS)
     metrics = {
@@ -305,6 +321,7 @@ def wins(results: dict, a: str, b: str, sets=None) -> int:
 def leave_one_set_out(results: dict) -> dict:
     """For each set: the design choice chosen on the other sets, and its AUROC there."""
     choices = [choice(t, s) for t, s in CHOICES] + [score_key(*v) for v in SCORE_VARIANTS]
+    choices.append(ROW_NOISE)
     out = {}
     for held_out in results:
         others = [s for s in results if s != held_out]
@@ -408,9 +425,11 @@ def write(results: dict, nonfinite: dict, seconds: float) -> None:
     lines += auroc_table("Levers measured and not kept (each on top of the defaults), AUROC:",
                          ["defaults", *LEVERS], ["vae_edge", *LEVERS], "vae_edge",
                          "the defaults")  # fmt: skip
-    variants = [score_key(*v) for v in SCORE_VARIANTS]
+    variants = [score_key(*v) for v in SCORE_VARIANTS] + [ROW_NOISE]
     lines += auroc_table("Score types (the default models; L = z draws, 0 = z = mu; "
-                         f"{BEFORE_SCORE} was the default before), AUROC:",
+                         f"{BEFORE_SCORE} was the default before; {ROW_NOISE}: the default "
+                         "with NumPy's noise keyed by row position, as format 1 bundles drew "
+                         "it; the default draws the manifest's five stored draws), AUROC:",
                          [f"**{default_score_key()}** (default)", *variants],
                          ["vae_edge", *variants], BEFORE_SCORE, BEFORE_SCORE)  # fmt: skip
 

@@ -769,8 +769,10 @@ def info(model_dir, verify):
         f"likelihood    {m.likelihood} (decoder emits {m.decoder_output})",
         f"latent_dim    {m.latent_dim}",
         *([_series_line(m.series)] if m.series else []),
-        *(f"{g.file:<13} sha256 {g.sha256}, {_ir_and_opset(g)}"
-          for g in (m.encoder, m.decoder, *(m.score_graphs or {}).values())),
+        *(
+            f"{g.file:<13} sha256 {g.sha256}, {_ir_and_opset(g)}"
+            for g in (m.encoder, m.decoder, *(m.score_graphs or {}).values())
+        ),
         f"exporter      {m.exporter}",
         "parity        "
         + ", ".join(

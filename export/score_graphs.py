@@ -7,7 +7,8 @@ calibrated on without re-implementing the runtime's arithmetic. The chain, for a
     xp = prepare(x); mu, logvar = encoder(xp)
     z = mu                                      (default score without draws)
     z = mu + exp(0.5 * min(logvar, 30)) * eps   (L draws; eps from the manifest)
-    params = decoder(z); score, features, is_anomaly[, newest] = loss(x, mu, logvar, [z, eps,] params, threshold)
+    params = decoder(z)
+    score, features, is_anomaly[, newest] = loss(x, mu, logvar, [z, eps,] params, threshold)
 
 The reparameterization stays outside the graphs (no random op anywhere); the draws' noise
 is the manifest's default_score.eps, the same for every row, so that every language
@@ -154,7 +155,9 @@ def _losses(b: _Builder, m: Manifest, x: str, params: str, draws: int) -> str:
         if precision is not None:
             t64 = b.op("Mul", t64, b.op("Cast", pre, to=DOUBLE))
         t64 = b.op("Mul", t64, b.const(0.5, np.float64))
-        far = b.op("GreaterOrEqual", b.op("Abs", unclipped), b.const(np.float32(STANDARDIZED_LIMIT)))
+        far = b.op(
+            "GreaterOrEqual", b.op("Abs", unclipped), b.const(np.float32(STANDARDIZED_LIMIT))
+        )
         far_row = b.op("ReduceMax", b.op("Cast", far, to=FLOAT), axes=features, keepdims=1)
         t = b.op("Where", b.op("Greater", far_row, b.const(np.float32(0))), t64, t)
         missing = b.op("IsNaN", x)
@@ -281,7 +284,8 @@ def add_score_graphs(folder: str | Path) -> Manifest:
         (folder / file).write_bytes(data)
         graphs[name] = Graph(file, hashlib.sha256(data).hexdigest(),
                              [i.name for i in model.graph.input],
-                             [o.name for o in model.graph.output], IR_VERSION, OPSET).__dict__  # fmt: skip
+                             [o.name for o in model.graph.output], IR_VERSION,
+                             OPSET).__dict__  # fmt: skip
     d["score_graphs"] = graphs
     path.write_text(Manifest.from_dict(d).to_json())
     d["parity"] = dict(d.get("parity") or {}) | {"score_graphs": check_graphs(EdgeVAE.load(folder))}

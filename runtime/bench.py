@@ -70,7 +70,8 @@ def score_jobs(model: EdgeVAE, x: np.ndarray) -> dict[str, Callable[[], object]]
 def default_score_jobs(model: EdgeVAE, x: np.ndarray) -> dict[str, Callable[[], object]]:
     """The model's default score (its manifest's default_score) through EdgeVAE, and by hand
     from the same raw input in as few NumPy calls as the arithmetic allows: the
-    preprocessing, the two graphs (L draws from row_noise for samples > 0), the loss from
+    preprocessing, the two graphs (L draws of the manifest's stored noise, or of row_noise
+    in a bundle without it), the loss from
     its floor, the closed-form KL, -L_k's log-mean-exp, and the steps' code length from a
     table of log2(1 + step) for uint8 images. The floor the runtime's checks, settings and
     dispatch add to; `vae-edge bench` reports their ratio."""
@@ -89,9 +90,11 @@ def default_score_jobs(model: EdgeVAE, x: np.ndarray) -> dict[str, Callable[[], 
     code_length = np.log2(1 + np.arange(256, dtype=np.float32))
     precision = None if m.observation_logvar is None else model.likelihood._precision
     n, k, draws = len(x), m.latent_dim, default.samples
+    stored = None if default.eps is None else np.asarray(default.eps, np.float32)
 
     def bare():
-        eps = None if draws == 0 else row_noise(0, 0, n, draws, k)
+        eps = None if draws == 0 else (row_noise(0, 0, n, draws, k) if stored is None
+                                       else np.broadcast_to(stored, (n, draws, k)))  # fmt: skip
         if p.kind == "scale":
             xp = x * np.float32(p.scale)
         else:

@@ -444,7 +444,7 @@ def _default_score(d: Any, latent_dim: int) -> DefaultScore:
         f"default_score.eps must be null or {samples} lists of {latent_dim} finite numbers",
     )  # fmt: skip
     return DefaultScore(score_type, samples, complexity,
-                        None if eps is None else [[float(v) for v in row] for row in eps])  # fmt: skip
+                        None if eps is None else [[float(v) for v in r] for r in eps])  # fmt: skip
 
 
 def _threshold(d: Any) -> Threshold | None:

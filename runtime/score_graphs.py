@@ -15,8 +15,9 @@ from vae_edge.runtime.scoring import LOGVAR_MAX
 # The graphs' scores against EdgeVAE.score's: within GRAPH_RTOL relative, or within
 # FEATURE_ATOL nats per feature. Each feature's loss is a float32 difference of terms near
 # 1 (softplus(l) - x l - H(x)), so ORT's exp and log and NumPy's, one ulp apart, differ by
-# up to a few 1e-7 nats per feature (more where |logit| is large) whatever the loss: relative to a score near 0 (a model
-# that reconstructs an input almost exactly), that is more than 1e-5.
+# up to a few 1e-7 nats per feature (more where |logit| is large) whatever the loss:
+# relative to a score near 0 (a model that reconstructs an input almost exactly), that is
+# more than 1e-5.
 GRAPH_RTOL = 1e-5
 FEATURE_ATOL = 1e-6
 CHECK_ROWS = 64
@@ -56,7 +57,7 @@ class GraphScorer:
             feeds |= {"z": z, "eps": np.ascontiguousarray(eps)}
             feeds["params"] = self.model.bundle.run_decoder(z.reshape(-1, mu.shape[1]))
         names = self.manifest.score_graphs["loss"].outputs
-        return dict(zip(names, self.sessions["loss"].run(names, feeds)))
+        return dict(zip(names, self.sessions["loss"].run(names, feeds), strict=True))
 
 
 def check_graphs(model, rows: int = CHECK_ROWS) -> dict[str, float]:
@@ -84,11 +85,14 @@ def check_graphs(model, rows: int = CHECK_ROWS) -> dict[str, float]:
                            for i in range(len(x))])  # fmt: skip
     features = np.concatenate([model.feature_scores(x[i : i + 1]) for i in range(len(x) - 3)])
     worst = {
-        "max_rel_diff_score": float(np.max(np.abs(got["score"] - want)
-                                           / np.maximum(np.abs(want), atol / GRAPH_RTOL))),
+        "max_rel_diff_score": float(
+            np.max(np.abs(got["score"] - want) / np.maximum(np.abs(want), atol / GRAPH_RTOL))
+        ),
         # each feature's loss relative to the largest: a pixel's own loss can be 1e-6 nats
-        "max_rel_diff_features": float(np.max(np.abs(got["features"][:-3] - features)) / max(
-            float(np.abs(features).max()), FEATURE_ATOL / GRAPH_RTOL)),
+        "max_rel_diff_features": float(
+            np.max(np.abs(got["features"][:-3] - features))
+            / max(float(np.abs(features).max()), FEATURE_ATOL / GRAPH_RTOL)
+        ),
     }
     if max(worst.values()) > GRAPH_RTOL:
         raise BundleError(f"{model.source}: the score graphs differ from the runtime by "

@@ -56,7 +56,7 @@ def build_models() -> None:
         csv = Path(tmp) / "sensor.csv"
         times = START + np.arange(1000) * np.timedelta64(STEP, "s")
         csv.write_text("timestamp,value\n" + "".join(
-            f"{str(t).replace('T', ' ')},{v:.4f}\n" for t, v in zip(times, sensor_values(1000, 0))))  # fmt: skip
+            f"{str(t).replace('T', ' ')},{v:.4f}\n" for t, v in zip(times, sensor_values(1000, 0), strict=True)))  # fmt: skip
         train(str(csv), Path(tmp) / "run", window=48, epochs=30, seed=0, progress=False)
         export_run(Path(tmp) / "run", GOLDEN / "series_model", force=True)
 
@@ -74,7 +74,7 @@ def stream_lines() -> list[str]:
     times[200] = times[199] - np.timedelta64(600, "s")  # earlier
     times[300:] += np.timedelta64(3 * STEP, "s")  # a gap of 3 steps
     lines = ["timestamp,value"]
-    for i, (t, v) in enumerate(zip(times, values)):
+    for i, (t, v) in enumerate(zip(times, values, strict=True)):
         cell = "" if i == 400 else f"{v:.4f}"  # a missing value
         stamp = str(t).replace("T", " ")
         lines.append("not a reading" if i == 450 else f"{stamp},{cell}")
@@ -112,10 +112,14 @@ def mnist() -> dict:
         "score": floats(model.score(x)),
         "features": {"shape": list(features.shape), "data": floats(features)},
         "predict": {"threshold": 0.012, "is_anomaly": floats(model.predict(x, threshold=0.012))},
-        "errors": errors(model, "default model", [
-            ("out of range", np.full((1, 28, 28), 300, np.float32)),
-            ("wrong shape", np.zeros((2, 27, 28), np.float32)),
-        ]),  # fmt: skip
+        "errors": errors(
+            model,
+            "default model",
+            [
+                ("out of range", np.full((1, 28, 28), 300, np.float32)),
+                ("wrong shape", np.zeros((2, 27, 28), np.float32)),
+            ],
+        ),  # fmt: skip
     }
 
 
@@ -138,9 +142,14 @@ def table() -> dict:
         "features": {"shape": list(features.shape), "data": floats(features)},
         "threshold": model.threshold,
         "predict": {"threshold": None, "is_anomaly": floats(model.predict(x))},
-        "errors": errors(model, str(GOLDEN / "table_model"), [
-            ("non-finite", bad), ("wrong shape", np.zeros((3, 5), np.float32)),
-        ]),  # fmt: skip
+        "errors": errors(
+            model,
+            str(GOLDEN / "table_model"),
+            [
+                ("non-finite", bad),
+                ("wrong shape", np.zeros((3, 5), np.float32)),
+            ],
+        ),  # fmt: skip
     }
 
 
@@ -160,9 +169,14 @@ def series() -> dict:
         "score": floats(np.concatenate([b.scores for b in batches])),
         "likelihood": floats(likelihood),
         "is_anomaly": floats(flags),
-        "report": {"readings": report.readings, "alarms": report.alarms,
-                   "outOfOrder": report.out_of_order, "putBack": report.put_back,
-                   "missing": report.missing, "unreadable": report.unreadable},  # fmt: skip
+        "report": {
+            "readings": report.readings,
+            "alarms": report.alarms,
+            "outOfOrder": report.out_of_order,
+            "putBack": report.put_back,
+            "missing": report.missing,
+            "unreadable": report.unreadable,
+        },  # fmt: skip
     }
 
 

@@ -240,7 +240,10 @@ def _edit_manifest(bundle, change):
         (lambda d: d.update(likelihood="poisson"), "unknown likelihood"),
         (lambda d: d["encoder"].update(file="../x.onnx"), "plain .onnx file name"),
         (lambda d: d["decoder"].update(sha256="0" * 64), "does not match the sha256"),
-        (lambda d: d.update(latent_dim=9), "graphs from a different model"),
+        (
+            lambda d: (d.update(latent_dim=9), d["default_score"].update(eps=None)),
+            "graphs from a different model",
+        ),
         (lambda d: d["encoder"].update(outputs=["a", "b"]), "the manifest says"),
         (lambda d: d.update(threshold={"value": "high"}), "threshold"),
         (lambda d: d.update(default_score={"score_type": "best"}), "default_score.score_type"),

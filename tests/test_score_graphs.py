@@ -14,12 +14,13 @@ import numpy as np
 import onnx
 import pytest
 from conftest import run_cli
+
 from vae_edge.runtime import EdgeVAE
 from vae_edge.runtime.bundle import default_model_dir
 from vae_edge.runtime.errors import BundleError
 from vae_edge.runtime.manifest import MANIFEST_FILE
-from vae_edge.runtime.scoring import row_noise
 from vae_edge.runtime.score_graphs import GRAPH_RTOL, GraphScorer, check_graphs
+from vae_edge.runtime.scoring import row_noise
 
 HERE = Path(__file__).parent
 GOLDEN = HERE.parent / "js" / "test" / "golden"

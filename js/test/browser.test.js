@@ -10,12 +10,11 @@ import { fileURLToPath } from 'node:url';
 import { chromium } from 'playwright-core';
 
 import { startServer } from '../web/serve.js';
+import { CHROMIUM_ARGS } from './chromium.js';
 
 const here = dirname(fileURLToPath(import.meta.url));
 const shots = join(here, '..', '..', 'docs', 'images');
 const CHROMIUM = process.env.CHROMIUM ?? '/usr/bin/chromium';
-export const CHROMIUM_ARGS = ['--headless', '--no-sandbox', '--disable-gpu', '--disable-background-networking',
-  '--disable-component-update', '--no-first-run', '--disable-sync', '--disable-quic'];
 
 let server;
 let browser;
