@@ -145,7 +145,7 @@ def table(r: dict) -> str:
                         f"{web[key]:,.0f} | {node[key] / py[key]:.2f}x |")  # fmt: skip
     parity = [
         "| model | consumer | readings or samples | scores: max relative difference | "
-        "feature losses (of the largest) | likelihood: max difference | flags and alarms |",
+        "feature losses (of the sample's largest) | likelihood: max difference | flags and alarms |",
         "| --- | --- | --- | --- | --- | --- | --- |",
     ]
     consumers = {"node": "Node, onnxruntime-node", "wasm": "Node, onnxruntime-web (wasm)",
