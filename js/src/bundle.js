@@ -21,8 +21,8 @@ export async function loadBundle(pathOrUrl) {
   let text;
   try {
     text = new TextDecoder().decode(await readBytes(join(where, MANIFEST_FILE)));
-  } catch (e) {
-    throw new BundleError(`${where}: not a model bundle (no ${MANIFEST_FILE}: ${e.message})`);
+  } catch {
+    throw new BundleError(`${where}: not a model bundle (no ${MANIFEST_FILE})`);
   }
   const manifest = readManifest(text, where);
   const ort = await getOrt();
@@ -237,13 +237,30 @@ export class Bundle {
         + `${tuple(expected)} (arrays (N, ${expected.join(', ')})${flat})`);
     }
     const x = data instanceof Float32Array ? data : Float32Array.from(data);
-    if (!m.series) {
+    if (m.series) {  // a series' windows: NaN is a missing reading, infinity is refused
+      const i = x.findIndex((v) => v === Infinity || v === -Infinity);
+      if (i >= 0) {
+        const [w, c] = m.inputShape;
+        const sample = Math.floor(i / (w * c));
+        throw new InputError(`the reading of step ${sample + Math.floor((i % (w * c)) / c)}, `
+          + `channel ${i % c}, is infinite`);
+      }
+    } else {
       for (let i = 0; i < data.length; i++) {
         if (!Number.isFinite(data[i])) {
           const row = Math.floor(i / m.nFeatures);
           throw new InputError(`input has NaN or infinite values (first in sample ${row}, `
             + `feature ${tuple(unravel(i % m.nFeatures, expected))})`);
         }
+      }
+    }
+    if (m.greyLevels && !this.warned && x.length) {
+      let max = -Infinity;
+      for (const v of x) if (v > max) max = v;
+      if (max > 0 && max <= 1) {
+        this.warned = true; // once, as Python's InputWarning
+        console.warn('input values are all within [0, 1] but this model was trained on uint8 data '
+          + '(0..255); if the data is scaled to [0, 1], multiply it by 255');
       }
     }
     return { x, n: shape[0] };

@@ -9,12 +9,18 @@ export const inNode = typeof process !== 'undefined' && Boolean(process.versions
 /** The onnxruntime module: onnxruntime-node in Node, onnxruntime-web in a browser. */
 export function getOrt() {
   executionProvider ??= inNode ? 'cpu' : 'wasm';
-  ortPromise ??= inNode
-    ? import('onnxruntime-node')
-    : import('onnxruntime-web').then((ort) => {
-        ort.env.wasm.numThreads = 1; // no SharedArrayBuffer without cross-origin isolation
-        return ort;
-      });
+  const name = inNode ? 'onnxruntime-node' : 'onnxruntime-web';
+  ortPromise ??= (inNode ? import('onnxruntime-node') : import('onnxruntime-web')).then(
+    (ort) => {
+      if (!inNode) ort.env.wasm.numThreads = 1; // one thread: no cross-origin isolation needed
+      return ort;
+    },
+    (e) => {
+      ortPromise = null;
+      throw new Error(`${name} could not be loaded (${String(e.message).split('\n')[0]}): `
+        + `npm install --ignore-scripts ${name}`);
+    },
+  );
   return ortPromise;
 }
 
