@@ -144,8 +144,8 @@ def table(r: dict) -> str:
             rows.append(f"| {py['name']} | {label} | {py[key]:,.0f} | {node[key]:,.0f} | "
                         f"{web[key]:,.0f} | {node[key] / py[key]:.2f}x |")  # fmt: skip
     parity = [
-        "| model | consumer | readings or samples | scores: max relative difference | "
-        "feature losses (of the sample's largest) | likelihood: max difference | flags and alarms |",
+        "| model | consumer | readings or samples | scores: max relative difference | feature "
+        "losses (of the sample's largest) | likelihood: max difference | flags and alarms |",
         "| --- | --- | --- | --- | --- | --- | --- |",
     ]
     consumers = {"node": "Node, onnxruntime-node", "wasm": "Node, onnxruntime-web (wasm)",
