@@ -26,15 +26,14 @@ export async function loadBundle(pathOrUrl) {
   }
   const manifest = readManifest(text, where);
   const ort = await getOrt();
+  const names = ['prepare', 'encoder', 'decoder', 'loss'];
+  // fetched together (a page's first score waits on them), checked in order
+  const files = await Promise.allSettled(names.map((name) => readBytes(join(where, manifest[name].file))));
   const sessions = {};
-  for (const name of ['prepare', 'encoder', 'decoder', 'loss']) {
+  for (const [i, name] of names.entries()) {
     const graph = manifest[name];
-    let bytes;
-    try {
-      bytes = await readBytes(join(where, graph.file));
-    } catch {
-      throw new BundleError(`${where}: missing graph file ${graph.file}`);
-    }
+    if (files[i].status === 'rejected') throw new BundleError(`${where}: missing graph file ${graph.file}`);
+    const bytes = files[i].value;
     if ((await sha256Hex(bytes)) !== graph.sha256) {
       throw new BundleError(`${where}: ${graph.file} does not match the sha256 in ${MANIFEST_FILE}`);
     }

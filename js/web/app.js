@@ -7,8 +7,8 @@ const $ = (id) => document.getElementById(id);
 const state = { ready: false, firstScoreMs: null, drawn: null, sensor: null };
 window.vaeEdge = { loadBundle, compareGolden, readGolden, state };
 
+const sensorLoading = loadBundle('/models/sensor'); // not needed for the first score
 const mnist = await loadBundle('/models/mnist');
-const sensor = await loadBundle('/models/sensor');
 
 // -- digits ---------------------------------------------------------------------------------
 
@@ -174,7 +174,7 @@ function paintChart(values, likelihood, alarms, threshold) {
 
 async function play(text) {
   const lines = text.split(/\r?\n/);
-  const stream = sensor.stream();
+  const stream = (await sensorLoading).stream();
   const speed = Number($('speed').value);
   const values = [];
   const likelihood = [];
