@@ -9,8 +9,9 @@ at z = mu per complexity bit) against floors that compute the same quantity, in 
 - threads: the default (threads=None) against one thread and all cores, batch 1 to 4096:
   the evidence for bundle.PARALLEL_MULTIPLY_ADDS;
 - batch 4096, one thread: a NumPy matmul roof (the MLP's layer shapes, one BLAS thread),
-  the two graphs alone, score without complexity and the default score, each as a share
-  of the roof (roof time / its time);
+  the two graphs alone, score without complexity, the default score and the same score
+  through the bundle's score graphs (onnxruntime for the arithmetic NumPy does), each as
+  a share of the roof (roof time / its time);
 - cold start: `vae-edge score` of one image in a new process against
   `python -c "import numpy, onnxruntime, click"`, median of interleaved runs, and where
   the difference goes (python -X importtime, the load, the score).
@@ -42,6 +43,7 @@ from report import write_results  # noqa: E402
 from vae_edge.runtime import EdgeVAE  # noqa: E402
 from vae_edge.runtime.bench import data_like_samples, default_score_jobs, time_calls  # noqa: E402
 from vae_edge.runtime.bundle import PARALLEL_MULTIPLY_ADDS  # noqa: E402
+from vae_edge.runtime.score_graphs import GraphScorer  # noqa: E402
 
 BATCHES = (1, 16, 32, 64, 256, 1024, 4096)
 COLD_RUNS = 21
@@ -106,9 +108,13 @@ def roof(path) -> dict:
         mu, _ = model.bundle.run_encoder(xp)
         return model.bundle.run_decoder(mu)
 
+    # The default score through the bundle's score graphs (prepare.onnx, loss.onnx), as the
+    # JavaScript runtime computes it: measured to see whether Python should use them.
+    score_graphs = GraphScorer(model)
     contenders = {"numpy matmul roof": matmuls, "graphs alone": graphs,
                   "score without complexity": lambda: model.score(x, complexity=False),
-                  "default score": lambda: model.score(x)}  # fmt: skip
+                  "default score": lambda: model.score(x),
+                  "through the score graphs": lambda: score_graphs.run(x)}  # fmt: skip
     t = {k: p50(v) for k, v in time_calls(contenders, seconds=16, burst=1.0).items()}
     top = t["numpy matmul roof"]
     return {k: {"p50_ms": v / 1e3, "images_per_s": n / v * 1e6, "share_of_roof": top / v}
