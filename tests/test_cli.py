@@ -51,7 +51,7 @@ def test_round_trip_train_export_sample_score(mnist_small, tmp_path):
 
     r = run_cli("info", bundle)
     assert r.returncode == 0 and "CPUExecutionProvider" in r.stdout and "sha256" in r.stdout
-    assert r.stdout.count("IR 7, opset 14: onnxruntime >= 1.15") == 2
+    assert r.stdout.count("IR 7, opset 14: onnxruntime >= 1.15") == 4  # model and score graphs
     assert "score         elbo, samples 0, per complexity bit (default_score)" in r.stdout
 
 

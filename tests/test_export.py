@@ -16,20 +16,25 @@ from vae_edge.runtime.manifest import DefaultScore
 from vae_edge.training.train import load_run
 
 
-def test_bundle_has_two_graphs_and_a_manifest_with_their_hashes(mnist_bundle):
+def test_bundle_has_four_graphs_and_a_manifest_with_their_hashes(mnist_bundle):
     assert sorted(p.name for p in mnist_bundle.iterdir()) == [
-        "decoder.onnx", "encoder.onnx", "vae.json"
+        "decoder.onnx", "encoder.onnx", "loss.onnx", "prepare.onnx", "vae.json"
     ]  # fmt: skip
     m = json.loads((mnist_bundle / "vae.json").read_text())
     for name in ("encoder", "decoder"):
         digest = hashlib.sha256((mnist_bundle / f"{name}.onnx").read_bytes()).hexdigest()
         assert m[name]["sha256"] == digest
+    for name in ("prepare", "loss"):
+        digest = hashlib.sha256((mnist_bundle / f"{name}.onnx").read_bytes()).hexdigest()
+        assert m["score_graphs"][name]["sha256"] == digest
+    assert m["format_version"] == 2
     assert m["encoder"]["inputs"] == ["x"] and m["encoder"]["outputs"] == ["mu", "logvar"]
     assert m["decoder"]["inputs"] == ["z"] and m["decoder"]["outputs"] == ["x"]
     assert m["input_shape"] == [28, 28] and m["latent_dim"] == 8
     assert m["likelihood"] == "bernoulli" and m["decoder_output"] == "logits"
     assert m["preprocessing"] == {"kind": "scale", "scale": 1 / 255, "mean": None, "std": None}
-    assert m["default_score"] == {"score_type": "elbo", "samples": 0, "complexity": True}
+    assert m["default_score"] == {"score_type": "elbo", "samples": 0, "complexity": True,
+                                  "eps": None}  # fmt: skip
     assert "dynamo=True" in m["exporter"] and "version_converter" in m["exporter"]
     for name in ("encoder", "decoder"):
         graph = onnx.load(str(mnist_bundle / f"{name}.onnx"))
@@ -95,7 +100,8 @@ def test_gaussian_bundle_on_tabular_data(cardio, cardio_bundle):
     m = edge.manifest
     assert m.likelihood == "gaussian" and m.decoder_output == "mean"
     assert m.preprocessing.kind == "standardize" and m.input_shape == (21,)
-    assert m.default_score == DefaultScore("iwae", 5, complexity=False)
+    assert m.default_score == DefaultScore("iwae", 5, False, m.default_score.eps)
+    assert np.shape(m.default_score.eps) == (5, m.latent_dim)  # stored: the same for every row
     np.testing.assert_allclose(m.preprocessing.mean, cardio["x"].mean(0), rtol=1e-4, atol=1e-4)
     scores = edge.score(cardio["x"], samples=0)
     assert scores.shape == (len(cardio["x"]),) and np.isfinite(scores).all()
