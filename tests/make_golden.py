@@ -100,11 +100,15 @@ def errors(model: EdgeVAE, where: str, cases) -> list[dict]:
     return out
 
 
-def mnist() -> dict:
-    model = EdgeVAE.load()
-    digits = np.round(model.sample(8, seed=3)).astype(np.float32)
+def mnist_inputs() -> np.ndarray:
+    """Digits the shipped model samples, noise, inverted and shifted digits."""
+    digits = np.round(EdgeVAE.load().sample(8, seed=3)).astype(np.float32)
     noise = np.random.default_rng(0).integers(0, 256, (2, 28, 28)).astype(np.float32)
-    x = np.concatenate([digits, noise, 255 - digits[:2], np.roll(digits[:2], 8, axis=2)])
+    return np.concatenate([digits, noise, 255 - digits[:2], np.roll(digits[:2], 8, axis=2)])
+
+
+def mnist(x: np.ndarray) -> dict:
+    model = EdgeVAE.load()
     features = model.feature_scores(x[:2])
     return {
         "bundle": "../../../runtime/default_model",
@@ -123,8 +127,8 @@ def mnist() -> dict:
     }
 
 
-def table() -> dict:
-    model = EdgeVAE.load(GOLDEN / "table_model")
+def table_inputs() -> np.ndarray:
+    """Rows like the training data's, far out, beyond the encoder's clip, at float32's top."""
     sys.path.insert(0, str(Path(__file__).parent))
     from make_tiny_bundle import tiny_table
 
@@ -132,6 +136,11 @@ def table() -> dict:
     x[-4] *= 6  # far out
     x[-3] = [1e6, 0, 0, 0, 0, 0]  # beyond the encoder's clip
     x[-2] = np.finfo(np.float32).max  # as far as float32 goes
+    return x
+
+
+def table(x: np.ndarray) -> dict:
+    model = EdgeVAE.load(GOLDEN / "table_model")
     features = model.feature_scores(x)
     bad = x[:2].copy()
     bad[1, 3] = np.nan
@@ -153,9 +162,8 @@ def table() -> dict:
     }
 
 
-def series() -> dict:
+def series(lines: list[str]) -> dict:
     model = EdgeVAE.load(GOLDEN / "series_model")
-    lines = stream_lines()
     stream = model.stream()
     batches = [b for b in (stream.push_line(line) for line in lines) if b is not None]
     report = stream.close()
@@ -181,7 +189,8 @@ def series() -> dict:
 
 
 def vectors() -> dict[str, dict]:
-    return {"mnist": mnist(), "table": table(), "series": series()}
+    return {"mnist": mnist(mnist_inputs()), "table": table(table_inputs()),
+            "series": series(stream_lines())}  # fmt: skip
 
 
 def write(out: Path = GOLDEN) -> None:
