@@ -81,26 +81,27 @@ def _tensor(name: str, dtype: int, shape) -> onnx.ValueInfoProto:
     return helper.make_tensor_value_info(name, dtype, list(shape))
 
 
-def _prepared(b: _Builder, m: Manifest, x: str) -> tuple[str, str | None]:
+def _prepared(b: _Builder, m: Manifest, x: str):
     """The encoder's input from raw x (float32), as Preprocessing.apply_and_clip and the
     likelihood's prepare make it, and (standardize) the unclipped float32 standardised
-    values, from which a row beyond the clip is found."""
+    values, from which a row beyond the clip is found, and the names of the mean and std."""
     p = m.preprocessing
     if p.kind == "scale":
-        return b.op("Mul", x, b.const(np.float32(p.scale))), None
+        return b.op("Mul", x, b.const(np.float32(p.scale))), None, None
     per = m.input_shape[-1:] if len(p.mean) == m.input_shape[-1] else m.input_shape
     mean = np.asarray(p.mean, np.float32).reshape(per)
     std = np.maximum(np.asarray(p.std, np.float32), np.finfo(np.float32).tiny).reshape(per)
-    unclipped = b.op("Div", b.op("Sub", x, b.const(mean)), b.const(std))
+    mean, std = b.const(mean), b.const(std)
+    unclipped = b.op("Div", b.op("Sub", x, mean), std)
     limit = np.float32(STANDARDIZED_LIMIT)
     clipped = b.op("Clip", unclipped, b.const(-limit), b.const(limit))
     xp = b.op("Where", b.op("IsNaN", clipped), b.const(np.float32(0)), clipped)
-    return xp, unclipped
+    return xp, unclipped, (mean, std)
 
 
 def prepare_graph(m: Manifest) -> onnx.ModelProto:
     b = _Builder()
-    xp, _ = _prepared(b, m, "x")
+    xp = _prepared(b, m, "x")[0]
     b.name(xp, "xp")
     shape = ["N", *m.input_shape]
     doc = ("prepare: raw samples x (N, *input_shape) float32, NaN a series' missing "
@@ -111,7 +112,7 @@ def prepare_graph(m: Manifest) -> onnx.ModelProto:
 def _losses(b: _Builder, m: Manifest, x: str, params: str, draws: int) -> str:
     """Per-feature losses measured from the floor, float64, (N, *shape) or with draws
     (N, L, *shape): Bernoulli.nll and Gaussian.nll."""
-    xp, unclipped = _prepared(b, m, x)
+    xp, unclipped, moments = _prepared(b, m, x)
     features = list(range(1, 1 + len(m.input_shape)))
     if draws:
         params = b.op("Reshape", params, b.const([-1, draws, *m.input_shape], np.int64))
@@ -144,11 +145,10 @@ def _losses(b: _Builder, m: Manifest, x: str, params: str, draws: int) -> str:
         t32 = b.op("Mul", t32, pre)
     t32 = b.op("Mul", t32, b.const(np.float32(0.5)))
     t = b.op("Cast", t32, to=DOUBLE)
-    p = m.preprocessing
-    if p.kind == "standardize":
-        per = m.input_shape[-1:] if len(p.mean) == m.input_shape[-1] else m.input_shape
-        mean64 = b.const(np.asarray(p.mean, np.float64).reshape(per), np.float64)
-        std64 = b.const(np.asarray(p.std, np.float64).reshape(per), np.float64)
+    if moments is not None:
+        # the mean and std as float32, widened: one copy of each in the graph (a float64
+        # copy doubled a wide table's graph); it moves a far row's distance by 1e-7 of it
+        mean64, std64 = (b.op("Cast", c, to=DOUBLE) for c in moments)
         target = b.op("Div", b.op("Sub", b.op("Cast", x, to=DOUBLE), mean64), std64)
         d = b.op("Sub", target, b.op("Cast", params, to=DOUBLE))
         t64 = b.op("Mul", d, d)
@@ -237,8 +237,7 @@ def loss_graph(m: Manifest) -> onnx.ModelProto:
             score = b.op("Neg", b.op("Add", top, b.op("Log", mean_w)))
     score = _finite_float32(b, score)
     if m.default_score.complexity:
-        xp, _ = _prepared(b, m, "x")
-        score = b.op("Div", score, _complexity_bits(b, m, xp))
+        score = b.op("Div", score, _complexity_bits(b, m, _prepared(b, m, "x")[0]))
     outputs = [_tensor("score", FLOAT, ["N"]), _tensor("features", FLOAT, ["N", *shape]),
                _tensor("is_anomaly", BOOL, ["N"])]  # fmt: skip
     b.name(score, "score")
