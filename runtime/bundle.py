@@ -159,8 +159,8 @@ def load_bundle(
         if device == "cuda" and "CUDAExecutionProvider" not in session.get_providers():
             raise BundleError(f"{where}: CUDA was requested but onnxruntime fell back to CPU")
         sessions.append(session)
-    for graph in (manifest.score_graphs or {}).values():  # not run here, but shipped: checked
-        if verify:
+    if verify:  # the score graphs are not run here, but shipped: checked as the others
+        for graph in (manifest.score_graphs or {}).values():
             _check_hash(_read_graph(directory, graph, where), graph, where)
     return Bundle(manifest, *sessions, source=where, device=device, bind=device != "cpu",
                   graphs_for_parallel=tuple(graphs) if parallel else None)  # fmt: skip
@@ -212,8 +212,8 @@ def verify(path: str | Path | None = None) -> list[tuple[str, bool, str]]:
 def graph_bytes(source: str, graph: Graph) -> bytes:
     """A graph file of the bundle loaded from `source` (its path, or "default model"),
     checked against its sha256."""
-    directory = default_model_dir() if source == "default model" else Path(source)
-    data = _read_graph(directory, graph, source)
+    directory, where = _bundle_dir(None if source == "default model" else source)
+    data = _read_graph(directory, graph, where)
     _check_hash(data, graph, source)
     return data
 

@@ -107,6 +107,12 @@ export function isNumber(cell) {
   return NUMBER.test(cell.trim());
 }
 
+/** A cell as Python's float() reads it (nan, inf and infinity too), or null. */
+function parseNumber(cell) {
+  const text = cell.trim();
+  return isNumber(text) ? Number(text.replace(/inf(inity)?$/i, 'Infinity')) : null;
+}
+
 /** A timestamp cell -> seconds since the epoch (UTC), or null when it is not one: seconds
  * since the epoch as a number, or ISO 8601 (`2014-04-10 07:15:00`, `2014-04-10T07:15:00Z`,
  * fewer fields, fractions of a second dropped, an offset taken to UTC), as NumPy reads it. */
@@ -115,10 +121,8 @@ export function parseTimestamp(cell) {
   if (typeof cell === 'number') return Number.isFinite(cell) ? Math.trunc(cell) : null;
   if (cell instanceof Date) return Number.isNaN(cell.getTime()) ? null : Math.floor(cell.getTime() / 1000);
   const text = String(cell).trim();
-  if (isNumber(text)) {
-    const v = Number(text.replace(/^([+-]?)inf(inity)?$/i, '$1Infinity'));
-    return Number.isFinite(v) ? Math.trunc(v) : null;
-  }
+  const v = parseNumber(text);
+  if (v !== null) return Number.isFinite(v) ? Math.trunc(v) : null;
   const m = DATE_TIME.exec(text.replaceAll('T', ' ').replace(/Z+$/, ''));
   if (!m) return null;
   const [year, month = 1, day = 1, hour = 0, minute = 0, second = 0] = m.slice(1, 7).map((v) => (v === undefined ? undefined : Number(v)));
@@ -260,8 +264,8 @@ export class Stream {
       if (i >= c.length) return;
       const cell = c[i].trim();
       if (isMissing(cell)) return;
-      const v = isNumber(cell) ? Number(cell.replace(/inf(inity)?$/i, 'Infinity')) : NaN;
-      if (!isNumber(cell) || !Number.isFinite(v) && !Number.isNaN(v)) readable = false;
+      const v = parseNumber(cell); // not a number, or infinite: missing, the line unreadable
+      if (v === null || v === Infinity || v === -Infinity) readable = false;
       else x[j] = v;
     });
     let given = null;
