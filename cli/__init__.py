@@ -333,10 +333,12 @@ def reconstruct(model_dir, input_path, n, seed, output, device, threads):
 @click.option("--stream", is_flag=True, help="A windowed model: write and flush one line "
               "per reading as it arrives (INPUT - reads standard input, e.g. a sensor "
               "pipe).")  # fmt: skip
+@click.option("--frozen", is_flag=True, help="A windowed model: the model sees the readings "
+              "as they are; without it the stream learns their level as it runs.")
 def score(model_dir, input_path, score_type, samples, complexity, seed, batch_size, threshold,
           per_feature, output, device, threads, no_verify, engine, address, actors,
           cpus_per_actor, keep, series_id, columns, timestamp, delimiter, hindsight,
-          stream):  # fmt: skip
+          stream, frozen):  # fmt: skip
     """Score INPUT (.npz/.npy/.csv/.png or a PNG folder): anomaly score per sample; with a
     windowed model, INPUT is a series (.csv, .npy, or - for standard input) and the
     output one row per time step.
@@ -398,13 +400,13 @@ def score(model_dir, input_path, score_type, samples, complexity, seed, batch_si
             raise click.UsageError(f"{given[0]} needs --engine ray")
         _score_series(model, input_path, settings, threshold, per_feature, output,
                       _names(columns) or None, timestamp, stream, hindsight,
-                      delimiter)  # fmt: skip
+                      delimiter, frozen)  # fmt: skip
         return
     given = [name for name, value in ray_only.items() if value]
     if given:
         raise click.UsageError(f"{given[0]} needs --engine ray")
     series_only = {"--stream": stream, "--timestamp": timestamp, "--hindsight": hindsight,
-                   "--delimiter": delimiter}  # fmt: skip
+                   "--delimiter": delimiter, "--frozen": frozen}  # fmt: skip
     given = [name for name, value in series_only.items() if value]
     if given:
         raise click.UsageError(f"{given[0]} is for windowed models (trained with --window)")
@@ -421,13 +423,14 @@ def score(model_dir, input_path, score_type, samples, complexity, seed, batch_si
 
 
 def _score_series(model, input_path, settings, threshold, per_feature, output, columns,
-                  timestamp, stream, hindsight, delimiter=None) -> None:  # fmt: skip
+                  timestamp, stream, hindsight, delimiter=None,
+                  frozen=False) -> None:  # fmt: skip
     """A windowed model's results, a row per reading: the lines of INPUT piped through one
     SeriesStream (a line at a time with --stream, else in chunks: the same numbers), its
     report on stderr at the end. --hindsight holds the file's results until its end."""
     from vae_edge.runtime.errors import InputError
     from vae_edge.runtime.output import write_scores
-    from vae_edge.runtime.series import SeriesStream, read_series, with_hindsight
+    from vae_edge.runtime.series import SeriesStream, StreamRules, read_series, with_hindsight
 
     where = "standard input" if str(input_path) == "-" else str(input_path)
     suffix = "" if where == "standard input" else input_path.suffix.lower()
@@ -436,7 +439,7 @@ def _score_series(model, input_path, settings, threshold, per_feature, output, c
                          "standard input")  # fmt: skip
     scorer = SeriesStream(model, settings, threshold=threshold, per_feature=per_feature,
                           columns=columns, timestamp=timestamp, delimiter=delimiter,
-                          where=where)  # fmt: skip
+                          where=where, rules=StreamRules(adapt=not frozen))  # fmt: skip
 
     def batches():
         if suffix == ".npy":

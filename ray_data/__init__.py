@@ -140,7 +140,7 @@ def score_series_group(group: dict[str, np.ndarray], model: str, settings, serie
     """Ray Data group function: every row of one series id, in input order (INDEX),
     through a SeriesStream of its model, a row per reading as locally: the series id,
     INDEX (the reading's position in its series), the timestamp column when there is one,
-    score, likelihood, is_anomaly, feature_<channel> with per_feature. model: one windowed
+    score, likelihood, is_anomaly, in_alarm, feature_<channel> with per_feature. model: one windowed
     bundle for every series, or a folder holding a bundle per series id (model/<id>)."""
     for name in (series_id, INDEX):
         if name not in group:
@@ -172,6 +172,7 @@ def score_series_group(group: dict[str, np.ndarray], model: str, settings, serie
     out["score"] = np.concatenate([b.scores for b in batches])
     out["likelihood"] = np.concatenate([b.likelihood for b in batches])
     out["is_anomaly"] = np.concatenate([b.is_anomaly for b in batches])
+    out["in_alarm"] = np.concatenate([b.in_alarm for b in batches])
     if per_feature:
         losses = np.concatenate([b.feature_losses for b in batches])
         for j, name in enumerate(spec.channels):

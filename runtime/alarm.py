@@ -39,6 +39,10 @@ TAIL_LEVEL = 0.98
 REFIT = 50
 # Fewer excesses than this over the tail's threshold fit an exponential tail instead.
 MIN_EXCESSES = 5
+# Whether a fit may give the tail an end (a negative shape): then a loss just past the
+# largest of a few dozen excesses has tail 0 and likelihood 1, an alarm on a normal
+# reading. False: such a tail is taken as exponential (its mean excess), never bounded.
+BOUNDED = False
 # likelihood = 1 - tail ** (1 / TAIL_ROOT): 0.5 is a tail of 1 in 1,000, 0.68 1 in 100,000,
 # 0.9 1 in 10 ** 10; it reaches 1.0 in float64 only past 1 in 10 ** 150, so it does not
 # saturate where a plain 1 - tail does (at 1 in 10 ** 16).
@@ -62,34 +66,48 @@ class AnomalyLikelihood:
     highest of the last `quiet` tail likelihoods (a monotonic queue)."""
 
     def __init__(self, quiet: int = 1, history: int = HISTORY, learning: int = LEARNING,
-                 level: float = TAIL_LEVEL, refit: int = REFIT):  # fmt: skip
+                 level: float = TAIL_LEVEL, refit: int = REFIT,
+                 bounded: bool = BOUNDED):  # fmt: skip
         if not (quiet >= 1 and history >= 2 and 1 <= learning <= history and 0 < level < 1
                 and refit >= 1):  # fmt: skip
             raise ValueError("need quiet >= 1, history >= 2, 1 <= learning <= history, "
                              "0 < level < 1, refit >= 1")  # fmt: skip
         self.quiet, self.history, self.learning = quiet, history, learning
-        self.level, self.refit = level, refit
+        self.level, self.refit, self.bounded = level, refit, bounded
         self._ring = np.zeros(history)
         self.count = 0  # losses seen
         self._sorted = None  # the history at the last fit, sorted
         self._fitted_at = -1  # the count of losses at the last fit
         self._tail = (0.0, 0.0, 1.0, 0.0)  # threshold, shape, scale, share above
         self._recent = deque()  # (index, tail likelihood), decreasing: the last `quiet`
+        self.readings = 0  # losses judged, learnt or not
+        self.raw = 0.0  # the last reading's tail likelihood, before the gate
 
-    def update(self, loss: float) -> float:
+    @property
+    def speaking(self) -> bool:
+        """Whether the history holds enough losses to judge one (LEARNING)."""
+        return min(self.count, self.history) >= self.learning
+
+    def update(self, loss: float, at_least: float = 0.0, learn: bool = True) -> float:
         """Take the next reading's loss (nats, >= 0 from the floor) and return its
-        likelihood: its tail likelihood if higher than at each of the `quiet` readings
-        before it, else 0."""
+        likelihood: its tail likelihood (at least `at_least` once the likelihood speaks:
+        the stream's spatial check) if higher than at each of the `quiet` readings before
+        it, else 0. learn=False judges the loss without taking it into the history (a
+        held alarm's readings are kept out, so that an anomaly is not learnt as normal)."""
         x = math.log1p(max(float(loss), 0.0))
         n = min(self.count, self.history)  # the fit is of the losses before this one
         raw = 0.0
         if n >= self.learning:
-            if self._sorted is None or self.count % self.refit == 0:
+            due = self.count % self.refit == 0 and self._fitted_at != self.count
+            if self._sorted is None or due:
                 self._fit(n)
-            raw = likelihood_of_tail(self._tail_probability(x))
-        self._ring[self.count % self.history] = x
-        i = self.count
-        self.count += 1
+            raw = max(likelihood_of_tail(self._tail_probability(x)), at_least)
+        self.raw = raw
+        if learn:
+            self._ring[self.count % self.history] = x
+            self.count += 1
+        i = self.readings
+        self.readings += 1
         recent = self._recent
         while recent and recent[0][0] <= i - self.quiet - 1:  # older than `quiet` readings
             recent.popleft()
@@ -123,8 +141,8 @@ class AnomalyLikelihood:
             m, v = float(excesses.mean()), float(excesses.var())
             if v > 0:
                 shape, scale = 0.5 * (1 - m * m / v), 0.5 * m * (m * m / v + 1)
-            else:
-                scale = max(m, scale)
+            if v <= 0 or (self.bounded is False and shape < 0):
+                shape, scale = 0.0, max(m, scale)  # exponential: the mean excess
         elif len(excesses):
             scale = max(float(excesses.mean()), scale)
         self._sorted = history

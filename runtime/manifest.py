@@ -170,6 +170,8 @@ class SeriesSpec:
     timestamp: str | None = None
     step_seconds: int | None = None
     alarm_threshold: float = ALARM_THRESHOLD
+    low: list[float] | None = None  # each channel's lowest and highest training reading,
+    high: list[float] | None = None  # where a stream's spatial check starts (None: unknown)
 
 
 @dataclass(frozen=True)
@@ -344,12 +346,12 @@ def _get(d: dict, key: str, kind: type, parent: str = "") -> Any:
     return value
 
 
-def _numbers(d: dict, key: str, n: int) -> list[float]:
-    values = _get(d, key, list, "preprocessing")
+def _numbers(d: dict, key: str, n: int, section: str = "preprocessing") -> list[float]:
+    values = _get(d, key, list, section)
     _check(
         len(values) == n
         and all((_is_int(v) or isinstance(v, float)) and math.isfinite(v) for v in values),
-        f"preprocessing.{key} must be a list of {n} finite numbers",
+        f"{section}.{key} must be a list of {n} finite numbers",
     )
     return [float(v) for v in values]
 
@@ -389,7 +391,13 @@ def _series(d: Any, shape: list[int]) -> SeriesSpec | None:
     alarm = d.get("alarm_threshold", ALARM_THRESHOLD)
     _check(isinstance(alarm, (int, float)) and not isinstance(alarm, bool) and 0 <= alarm <= 1,
            "series.alarm_threshold must be a number in [0, 1]")  # fmt: skip
-    return SeriesSpec(window, stride, list(channels), timestamp, step, float(alarm))
+    low, high = d.get("low"), d.get("high")
+    _check((low is None) == (high is None), "series.low and series.high: both or neither")
+    if low is not None:
+        low, high = (_numbers(d, k, len(channels), "series") for k in ("low", "high"))
+        _check(all(a <= b for a, b in zip(low, high, strict=True)),
+               "series.low must not be above series.high")  # fmt: skip
+    return SeriesSpec(window, stride, list(channels), timestamp, step, float(alarm), low, high)
 
 
 def _graph(d: dict, name: str) -> Graph:

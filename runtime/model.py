@@ -34,7 +34,7 @@ from vae_edge.runtime.scoring import (
     scores_at_mean,
     scores_over_draws,
 )
-from vae_edge.runtime.series import SeriesStream
+from vae_edge.runtime.series import SeriesStream, StreamRules
 
 __all__ = ["EdgeVAE", "ScoreSettings", "ScoredBatch", "default_model_dir", "verify_bundle"]
 
@@ -236,17 +236,20 @@ class EdgeVAE:
         samples: int | None = None,
         seed: int | None = None,
         delimiter: str | None = None,
+        adapt: bool = True,
     ) -> SeriesStream:
         """A windowed model on a stream (series.SeriesStream): push(readings) or
         push_line(csv_line), and each reading's score, likelihood and is_anomaly come back
         at once, from it and the readings before it only. columns, timestamp: a CSV
         stream's columns (default: the model's); delimiter: ',', ';' or 'tab' (default:
         recognised from its first line). threshold: the alarm's likelihood
-        threshold (default: the model's series.alarm_threshold). Scoring settings as for
+        threshold (default: the model's series.alarm_threshold). adapt=False: a frozen
+        model, shown the readings as they are (series.StreamRules). Scoring settings as for
         score()."""
         settings = self._settings(score_type, samples, seed, None, None, None, flags=False)
         return SeriesStream(self, settings, threshold=threshold, per_feature=per_feature,
-                            columns=columns, timestamp=timestamp, delimiter=delimiter)  # fmt: skip
+                            columns=columns, timestamp=timestamp, delimiter=delimiter,
+                            rules=StreamRules(adapt=adapt))  # fmt: skip
 
     def _is_series(self, x) -> bool:
         """A windowed model's input is a series, (T,) or (T, C): scored per reading; an

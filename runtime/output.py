@@ -3,9 +3,10 @@ a temporary file beside it, renamed at the end) or CSV to a text stream.
 
 CSV columns: index, timestamp (a series' readings', as given, when the input has them),
 score, likelihood (a series' readings), hindsight (a series' file, when asked),
-is_anomaly (0/1, when there is a threshold or a likelihood), feature_0 ... (per-feature
-losses, when asked; a series' are per channel, feature_<channel name>). JSONL: one object
-per row with the same fields, "features" a list. .npy: the scores alone, float32 (N,).
+is_anomaly (0/1, when there is a threshold or a likelihood), in_alarm (0/1, a series'
+readings: an alarm held), feature_0 ... (per-feature losses, when asked; a series' are per
+channel, feature_<channel name>). JSONL: one object per row with the same fields,
+"features" a list. .npy: the scores alone, float32 (N,).
 """
 
 from __future__ import annotations
@@ -63,6 +64,7 @@ def _csv_header(batch: ScoredBatch, feature_names=None) -> str:
     header += ",likelihood" if batch.likelihood is not None else ""
     header += ",hindsight" if batch.hindsight is not None else ""
     header += ",is_anomaly" if batch.is_anomaly is not None else ""
+    header += ",in_alarm" if batch.in_alarm is not None else ""
     if batch.feature_losses is not None:
         n_features = batch.feature_losses[0].size if len(batch.scores) else 0
         names = feature_names or [str(j) for j in range(n_features)]
@@ -88,6 +90,9 @@ def _columns(batch: ScoredBatch) -> tuple[list, str]:
         fmt += ",%.9g"
     if batch.is_anomaly is not None:
         columns.append(batch.is_anomaly.tolist())
+        fmt += ",%d"
+    if batch.in_alarm is not None:
+        columns.append(batch.in_alarm.tolist())
         fmt += ",%d"
     if batch.feature_losses is not None:
         per_row = batch.feature_losses.reshape(n, -1)
@@ -117,6 +122,7 @@ def _jsonl_rows(batch: ScoredBatch) -> str:
     stamps = None if batch.timestamps is None else _stamps(batch.timestamps)
     likelihood = None if batch.likelihood is None else batch.likelihood.tolist()
     hindsight = None if batch.hindsight is None else batch.hindsight.tolist()
+    held = None if batch.in_alarm is None else batch.in_alarm.tolist()
     lines = []
     for i, score in enumerate(batch.scores.tolist()):
         row = {"index": batch.start + i}
@@ -129,6 +135,8 @@ def _jsonl_rows(batch: ScoredBatch) -> str:
             row["hindsight"] = hindsight[i]
         if flags is not None:
             row["is_anomaly"] = flags[i]
+        if held is not None:
+            row["in_alarm"] = held[i]
         if features is not None:
             row["features"] = features[i]
         lines.append(json.dumps(row) + "\n")

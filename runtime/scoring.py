@@ -83,6 +83,7 @@ class ScoredBatch:
     timestamps: np.ndarray | None = None  # (n,) a series' readings' timestamps, as given
     likelihood: np.ndarray | None = None  # (n,) float64 in [0, 1], a series' readings
     hindsight: np.ndarray | None = None  # (n,) float32, a series' readings after the fact
+    in_alarm: np.ndarray | None = None  # (n,) bool, a series' readings: an alarm held
 
 
 def scores_at_mean(losses, mu, logvar, score_type: str) -> np.ndarray:

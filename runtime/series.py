@@ -475,6 +475,38 @@ def with_hindsight(batches: list[ScoredBatch], window: int) -> list[ScoredBatch]
 
 # -- a stream ----------------------------------------------------------------------------
 
+# How a stream keeps learning and holds its alarms (StreamRules). Chosen on the 29 public
+# NAB series and SKAB's 34 runs (benchmarks/nab.py --designs, benchmarks/multivariate.py).
+# numenta's spatial check: a reading beyond the readings seen so far by more than this
+# share of their range is anomalous (likelihood 1) whatever the model says.
+SPATIAL_MARGIN = 0.05
+# The level the model is shown moves towards the mean of each window's normal readings
+# with this half-life, in windows (0: only when a held alarm is accepted).
+LEVEL_HALF_LIFE = 8.0
+# A held alarm ends after this many windows of calm readings (the tail likelihood at or
+# below the alarm threshold) ...
+CALM = 0.25
+# ... or, held this many windows, is accepted as the new normal: the level is re-based on
+# the last window's readings and the likelihood learns again.
+ACCEPT = 4.0
+
+
+@dataclass(frozen=True)
+class StreamRules:
+    """How a stream learns as it runs, beside its frozen graphs. adapt: the level the
+    model is shown follows the stream's normal readings (per channel, LEVEL_HALF_LIFE) and
+    is re-based when a held alarm is accepted; False: the model sees the readings as they
+    are (the likelihood's history still learns). spatial: SPATIAL_MARGIN, None for no
+    spatial check. level_half_life, calm, accept: in windows of the model (calm 0: no
+    alarm is held)."""
+
+    adapt: bool = True
+    spatial: float | None = SPATIAL_MARGIN
+    level_half_life: float = LEVEL_HALF_LIFE
+    calm: float = CALM
+    accept: float = ACCEPT
+
+
 
 @dataclass
 class StreamReport:
@@ -503,23 +535,32 @@ class StreamReport:
 
 
 class SeriesStream:
-    """A windowed model on a stream: every reading gets its score, likelihood and alarm at
-    once, from that reading and the ones before it only. Lines of CSV (push_line, or
-    push_lines for many: the same numbers) or arrays (push).
+    """A windowed model on a stream: every reading gets its score, likelihood, alarm and
+    in-alarm state at once, from that reading and the ones before it only. Lines of CSV
+    (push_line, or push_lines for many: the same numbers) or arrays (push).
 
     For each reading: its timestamp puts it on the model's step grid (steps_between; a
     repeated or earlier timestamp is the next step, a gap puts missing steps back, at most
-    W); the window of the last W steps, ending at it, is scored by the model (its noise
-    keyed by the reading's index; before the W-th reading the steps before the first are
-    missing): its -ELBO is the reading's score, and the reading's own reconstruction loss
-    (the window's last step) updates the anomaly likelihood (alarm.AnomalyLikelihood)
-    from the W-th reading on; is_anomaly is the likelihood above the alarm threshold, at most
-    once in W readings (one alarm per window of the model). State: the last W steps, the
-    likelihood's rings and a few counts, whatever the stream's length."""
+    W); the window of the last W steps, ending at it, less the stream's learnt level shift,
+    is scored by the model (its noise keyed by the reading's index; before the W-th reading
+    the steps before the first are missing): its -ELBO is the reading's score, and the
+    reading's own reconstruction loss (the window's last step) updates the anomaly
+    likelihood (alarm.AnomalyLikelihood) from the W-th reading on, which is at least 1
+    for a reading beyond the range seen so far (the spatial check). is_anomaly is the
+    likelihood above the alarm threshold, at most once in W readings and not while an
+    alarm is held; in_alarm holds from an alarm until `calm` windows of readings whose
+    tail likelihood is at or below the threshold, or until `accept` windows have passed:
+    then the shift is re-based on the last window, as a new normal. A held alarm's
+    readings are kept out of the likelihood's history and of the level (StreamRules).
+    The level moves once per W readings (at readings W - 1, 2W - 1, ...), so that a file
+    is scored W windows at a time and a reading's numbers never depend on how the stream
+    was cut. State: the last W steps, the likelihood's rings and a few arrays of C
+    values, whatever the stream's length."""
 
     def __init__(self, model, settings, *, threshold: float | None = None,
                  per_feature: bool = False, columns=None, timestamp=None,
-                 delimiter: str | None = None, where: str = "the stream"):  # fmt: skip
+                 delimiter: str | None = None, where: str = "the stream",
+                 rules: StreamRules = StreamRules()):  # fmt: skip
         spec = model.manifest.series
         if spec is None:
             raise InputError(f"{model.source}: not a windowed model (no series in vae.json)")
@@ -528,6 +569,7 @@ class SeriesStream:
         self.window, self.channels = spec.window, len(spec.channels)
         self.step_seconds = spec.step_seconds
         self.threshold = spec.alarm_threshold if threshold is None else float(threshold)
+        self.rules = rules
         self.likelihood = AnomalyLikelihood(quiet=self.window)
         self.report = StreamReport()
         self.reader: SeriesReader | None = None  # from the first line, by push_line(s)
@@ -536,6 +578,21 @@ class SeriesStream:
         self._end = self.window
         self._last_time = None  # the latest timestamp so far
         self._since_alarm = self.window  # readings since the last alarm
+        # What the stream learns: the range seen (the spatial check), the level of its
+        # normal readings (the training mean to begin with) and the shift shown the model.
+        seen = spec.low is not None and spec.high is not None
+        self._low = np.array(spec.low, float) if seen else np.full(self.channels, np.inf)
+        self._high = np.array(spec.high, float) if seen else np.full(self.channels, -np.inf)
+        mean = model.manifest.preprocessing.mean
+        self._trained_level = np.zeros(self.channels) if mean is None else np.array(mean, float)
+        self._level = self._trained_level.copy()
+        self._shift = np.zeros(self.channels)
+        self._normal_sum = np.zeros(self.channels)  # this window's normal readings
+        self._normal_count = np.zeros(self.channels)
+        self._held_for = None  # readings since the held alarm (None: none held)
+        self._calm = 0
+        self._rebase = False
+        self._half = 1 - 0.5 ** (1 / rules.level_half_life) if rules.level_half_life else 0.0
 
     # -- input ------------------------------------------------------------------------
 
@@ -620,17 +677,91 @@ class SeriesStream:
         missing = np.isnan(x)
         if missing.any():  # NaN-aware sum: one pass where nothing is missing
             self.report.missing += int(missing.any(axis=1).sum())
-        scores, losses, features = self._score(windows, first)
-        likelihood = np.zeros(len(x))
-        flags = np.zeros(len(x), bool)
-        for i, loss in enumerate(losses.tolist()):
-            if first + i >= self.window - 1:  # a whole window: the likelihood learns
-                likelihood[i] = self.likelihood.update(loss)
-            alarm = likelihood[i] > self.threshold and self._since_alarm >= self.window
-            flags[i] = alarm
-            self._since_alarm = 0 if alarm else self._since_alarm + 1
+        n = len(x)
+        scores = np.empty(n, np.float32)
+        likelihood = np.zeros(n)
+        flags = np.zeros(n, bool)
+        held = np.zeros(n, bool)
+        features = np.empty((n, self.channels), np.float32) if self.per_feature else None
+        start = 0
+        while start < n:  # the readings up to the next move of the level, scored as one
+            stop = min(n, start + w - (first + start) % w)
+            part = windows[start:stop]
+            if self._shift.any():
+                part = part - self._shift
+            s, losses, f = self._score(part, first + start)
+            scores[start:stop] = s
+            if features is not None:
+                features[start:stop] = f
+            beyond = self._beyond(x[start:stop])
+            normal = np.zeros(stop - start, bool)
+            for j, i in enumerate(range(start, stop)):
+                likelihood[i], flags[i], held[i], normal[j] = self._judge(
+                    first + i, losses[j], beyond[j])  # fmt: skip
+            if self.rules.adapt:
+                self._learn_level(x[start:stop][normal], (first + stop) % w == 0)
+            start = stop
         self.report.alarms += int(flags.sum())
-        return ScoredBatch(first, scores, flags, features, given, likelihood)
+        return ScoredBatch(first, scores, flags, features, given, likelihood, in_alarm=held)
+
+    def _beyond(self, readings: np.ndarray) -> np.ndarray:
+        """Whether each reading lies beyond the range of the readings before it (the
+        model's training data's to begin with) by more than the spatial margin, in any
+        channel; the range then takes the readings in."""
+        with np.errstate(invalid="ignore"):  # a channel with no reading yet: inf - inf
+            lows = np.fmin.accumulate(np.vstack([self._low, readings]), axis=0)
+            highs = np.fmax.accumulate(np.vstack([self._high, readings]), axis=0)
+            self._low, self._high = lows[-1], highs[-1]
+            if self.rules.spatial is None:
+                return np.zeros(len(readings), bool)
+            margin = self.rules.spatial * (highs[:-1] - lows[:-1])
+            out = (readings < lows[:-1] - margin) | (readings > highs[:-1] + margin)
+        return (out & (margin > 0)).any(axis=1)
+
+    def _judge(self, index: int, loss: float, beyond: bool) -> tuple[float, bool, bool, bool]:
+        """A reading's likelihood, alarm and in-alarm state, and whether it is normal (neither
+        held nor alarming: the level learns from it)."""
+        rules, w = self.rules, self.window
+        held = self._held_for is not None
+        likelihood = 0.0
+        if index >= w - 1:  # a whole window: the likelihood learns
+            likelihood = self.likelihood.update(loss, at_least=float(beyond), learn=not held)
+        alarm = likelihood > self.threshold and self._since_alarm >= w and not held
+        self._since_alarm = 0 if alarm else self._since_alarm + 1
+        if alarm and rules.calm > 0:
+            self._held_for, self._calm = 0, 0
+        elif held:
+            self._held_for += 1
+            self._calm = self._calm + 1 if self.likelihood.raw <= self.threshold else 0
+            if self._calm >= rules.calm * w:
+                self._held_for = None
+            elif self._held_for >= rules.accept * w:  # a new normal: held until re-based
+                self._rebase = rules.adapt
+                if not rules.adapt:
+                    self._held_for = None
+        return likelihood, alarm, self._held_for is not None, not (held or alarm)
+
+    def _learn_level(self, normal: np.ndarray, window_end: bool) -> None:
+        """Takes in normal readings; at a window's end, the level re-based on the window's
+        readings (an alarm accepted as a new normal) or moved towards the mean of its
+        normal readings (when most of it was normal), and the shift shown the model with it."""
+        present = ~np.isnan(normal)
+        self._normal_sum += np.where(present, normal, 0).sum(axis=0)
+        self._normal_count += present.sum(axis=0)
+        if not window_end:
+            return
+        if self._rebase:
+            recent = self._ring[self._end - self.window : self._end]
+            some = ~np.isnan(recent).all(axis=0)
+            self._level[some] = np.nanmean(recent[:, some], axis=0)
+            self._rebase, self._held_for = False, None
+        elif self._half:
+            enough = self._normal_count >= self.window / 2
+            mean = self._normal_sum[enough] / self._normal_count[enough]
+            self._level[enough] += self._half * (mean - self._level[enough])
+        self._normal_sum[:] = 0
+        self._normal_count[:] = 0
+        self._shift = self._level - self._trained_level
 
     def _score(self, windows: np.ndarray, first: int):
         """Scores (n,), the newest reading's losses (n,) and the per-channel losses over

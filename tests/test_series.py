@@ -18,6 +18,7 @@ from vae_edge.runtime.errors import BundleError, InputError
 from vae_edge.runtime.manifest import Manifest
 from vae_edge.runtime.series import (
     MOST_MISSING,
+    SeriesStream,
     auto_window,
     dominant_period,
     read_series,
@@ -215,7 +216,8 @@ def test_a_reading_scores_as_the_window_ending_at_it(pump_bundle):
     model = EdgeVAE.load(pump_bundle)
     x = pump(100, seed=8)
     windows = np.lib.stride_tricks.sliding_window_view(x, WINDOW, axis=0).transpose(0, 2, 1)
-    scores = model.score(x)
+    scores = model.stream(adapt=False).push(x).scores  # a frozen model: the level as read
+    np.testing.assert_array_equal(scores[:WINDOW], model.score(x)[:WINDOW])  # not moved yet
     np.testing.assert_array_equal(scores[WINDOW - 1 :], model.score(windows))
     padded = np.concatenate([np.full((WINDOW - 1, 5), np.nan), x[:1]])  # before the W-th
     assert scores[0] == model.score(padded[None])[0]
@@ -324,7 +326,7 @@ def test_cli_train_score_stream(tmp_path, pump_bundle):
     # normal readings: no alarm, or one (a tail of 1 in 1,000 over the 296 it judges)
     assert re.search(r"599 readings, [01] alarms; 1 missing steps put back", r.stderr)
     lines = (tmp_path / "s.csv").read_text().splitlines()
-    assert lines[0] == ("index,timestamp,score,likelihood,is_anomaly,"
+    assert lines[0] == ("index,timestamp,score,likelihood,is_anomaly,in_alarm,"
                         + ",".join(f"feature_{c}" for c in CHANNELS))  # fmt: skip
     assert len(lines) == 600 and lines[301].split(",")[:2] == ["300", "2024-01-01 05:01:00"]
     scores = np.array([float(line.split(",")[2]) for line in lines[1:]], np.float32)
@@ -366,7 +368,7 @@ def test_cli_stream_survives_real_timestamps_a_line_per_reading(pump_bundle, tmp
         proc.stdin.write(lines[0] + "\n" + lines[1] + "\n")  # the header and one reading
         proc.stdin.flush()
         out = [proc.stdout.readline() for _ in range(2)]  # answered at once
-        assert out[0] == "index,timestamp,score,likelihood,is_anomaly\n"
+        assert out[0] == "index,timestamp,score,likelihood,is_anomaly,in_alarm\n"
         assert out[1].startswith("0," + lines[1].split(",")[0] + ",")
         for line in lines[2:]:
             proc.stdin.write(line + "\n")
@@ -471,3 +473,53 @@ def test_decimal_commas_in_a_semicolon_file_are_named(tmp_path):
     path.write_text("timestamp;a;b\n2024-01-01 00:00:00;1,5;2\n2024-01-01 00:01:00;1,5;2\n")
     with pytest.raises(InputError, match=r"'1,5' is not a number \(columns split at ';'"):
         read_series(path)
+
+
+# -- a stream that keeps learning ------------------------------------------------------
+
+
+def test_after_a_level_shift_alarms_stop_and_a_later_spike_still_alarms(pump_bundle):
+    """A permanent level shift: one alarm at the shift, held (in_alarm) at most ACCEPT + 1
+    windows, then taken as the new normal: no alarm in the rest of the stream but a spike's,
+    and the adapted model's scores back near the ones before the shift; a frozen model's
+    stay high."""
+    from vae_edge.runtime.series import ACCEPT
+
+    model = EdgeVAE.load(pump_bundle)
+    shift_at, spike_at = WINDOW - 1 + LEARNING + 200, WINDOW - 1 + LEARNING + 1400
+    x = pump(spike_at + 100, seed=4)
+    x[shift_at:] += 2.0 * np.array([1.0, 50.0, 0.1, 3.0, 1e3])  # twice each channel's swing
+    x[spike_at, 3] += 30.0
+    out = model.stream().push(x)
+    alarms = np.flatnonzero(out.is_anomaly)
+    assert alarms[alarms < shift_at].size == 0
+    assert shift_at <= alarms[0] < shift_at + WINDOW  # the shift is raised at once
+    held = np.flatnonzero(out.in_alarm[shift_at:spike_at]) + shift_at
+    assert held[0] == alarms[0] and held[-1] < alarms[0] + (ACCEPT + 1) * WINDOW
+    settled = alarms[0] + (ACCEPT + 1) * WINDOW  # held, then re-based at a window's end
+    assert list(alarms[alarms >= shift_at + WINDOW]) == [spike_at]  # the spike, and only it
+    assert out.in_alarm[spike_at]
+    before = np.median(out.scores[LEARNING : shift_at])
+    after = out.scores[int(settled) : spike_at]
+    assert np.median(after) < 2 * before
+    frozen = model.stream(adapt=False).push(x)
+    assert np.median(frozen.scores[int(settled) : spike_at]) > 10 * before
+
+
+def test_a_reading_beyond_the_range_seen_is_anomalous(pump_bundle):
+    """numenta's spatial check: a reading beyond [min - 5%, max + 5%] of the readings so
+    far has likelihood 1 once the likelihood speaks, whatever the model's loss; without
+    the check the same reading is judged by its loss alone."""
+    from vae_edge.runtime.series import StreamRules
+
+    model = EdgeVAE.load(pump_bundle)
+    at = 24 * 20 + 6  # at the cycle's peak, where the model expects the highest readings
+    x = pump(at + 50, seed=6)
+    seen = model.manifest.series
+    x[at, 0] = seen.high[0] + 0.06 * (seen.high[0] - seen.low[0])
+    settings = model.settings()
+    checked = SeriesStream(model, settings).push(x)
+    unchecked = SeriesStream(model, settings, rules=StreamRules(spatial=None)).push(x)
+    assert checked.likelihood[at] == 1.0 and checked.is_anomaly[at]
+    assert unchecked.likelihood[at] < 1.0
+    np.testing.assert_array_equal(checked.likelihood[:at], unchecked.likelihood[:at])

@@ -489,8 +489,12 @@ def fit_series(
     windows = series_io.sliding_windows(values, int(window), stride)
     windows = windows[~np.isnan(windows).all(axis=(1, 2))]
     names = channels or [str(i) for i in range(values.shape[1])]
+    seen = ~np.isnan(values).all(axis=0)
+    low = high = None
+    if seen.all():  # where a stream's spatial check starts
+        low, high = np.nanmin(values, axis=0).tolist(), np.nanmax(values, axis=0).tolist()
     spec = SeriesSpec(int(window), int(stride), list(names), timestamp=timestamp,
-                      step_seconds=step_seconds)  # fmt: skip
+                      step_seconds=step_seconds, low=low, high=high)  # fmt: skip
     return fit(np.ascontiguousarray(windows), None, options, series=spec, **fit_arguments)
 
 
