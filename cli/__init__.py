@@ -333,8 +333,12 @@ def reconstruct(model_dir, input_path, n, seed, output, device, threads):
 @click.option("--stream", is_flag=True, help="A windowed model: write and flush one line "
               "per reading as it arrives (INPUT - reads standard input, e.g. a sensor "
               "pipe).")  # fmt: skip
-@click.option("--frozen", is_flag=True, help="A windowed model: the model sees the readings "
-              "as they are; without it the stream learns their level as it runs.")
+@click.option(
+    "--frozen",
+    is_flag=True,
+    help="A windowed model: the model sees the readings "
+    "as they are; without it the stream learns their level as it runs.",
+)
 def score(model_dir, input_path, score_type, samples, complexity, seed, batch_size, threshold,
           per_feature, output, device, threads, no_verify, engine, address, actors,
           cpus_per_actor, keep, series_id, columns, timestamp, delimiter, hindsight,

@@ -507,7 +507,6 @@ class StreamRules:
     accept: float = ACCEPT
 
 
-
 @dataclass
 class StreamReport:
     """What a stream did with its readings, for the user to see at the end."""

@@ -499,7 +499,7 @@ def test_after_a_level_shift_alarms_stop_and_a_later_spike_still_alarms(pump_bun
     settled = alarms[0] + (ACCEPT + 1) * WINDOW  # held, then re-based at a window's end
     assert list(alarms[alarms >= shift_at + WINDOW]) == [spike_at]  # the spike, and only it
     assert out.in_alarm[spike_at]
-    before = np.median(out.scores[LEARNING : shift_at])
+    before = np.median(out.scores[LEARNING:shift_at])
     after = out.scores[int(settled) : spike_at]
     assert np.median(after) < 2 * before
     frozen = model.stream(adapt=False).push(x)
