@@ -142,7 +142,7 @@ class AnomalyLikelihood:
             if v > 0:
                 shape, scale = 0.5 * (1 - m * m / v), 0.5 * m * (m * m / v + 1)
             if v <= 0 or (self.bounded is False and shape < 0):
-                shape, scale = 0.0, max(m, scale)  # exponential: the mean excess
+                shape, scale = 0.0, max(m, 1e-3)  # exponential: the mean excess
         elif len(excesses):
             scale = max(float(excesses.mean()), scale)
         self._sorted = history

@@ -480,9 +480,10 @@ def with_hindsight(batches: list[ScoredBatch], window: int) -> list[ScoredBatch]
 # numenta's spatial check: a reading beyond the readings seen so far by more than this
 # share of their range is anomalous (likelihood 1) whatever the model says.
 SPATIAL_MARGIN = 0.05
-# The level the model is shown moves towards the mean of each window's normal readings
-# with this half-life, in windows (0: only when a held alarm is accepted).
-LEVEL_HALF_LIFE = 8.0
+# The level the model is shown moves this share of the way towards the mean of each
+# window's normal readings (a half-life of 5 windows; 0: it moves only when a held alarm
+# is accepted). A power of 2: a port computes the same level to the bit.
+LEVEL_RATE = 0.125
 # A held alarm ends after this many windows of calm readings (the tail likelihood at or
 # below the alarm threshold) ...
 CALM = 0.25
@@ -494,15 +495,15 @@ ACCEPT = 4.0
 @dataclass(frozen=True)
 class StreamRules:
     """How a stream learns as it runs, beside its frozen graphs. adapt: the level the
-    model is shown follows the stream's normal readings (per channel, LEVEL_HALF_LIFE) and
+    model is shown follows the stream's normal readings (per channel, LEVEL_RATE) and
     is re-based when a held alarm is accepted; False: the model sees the readings as they
     are (the likelihood's history still learns). spatial: SPATIAL_MARGIN, None for no
-    spatial check. level_half_life, calm, accept: in windows of the model (calm 0: no
-    alarm is held)."""
+    spatial check. level_rate: LEVEL_RATE. calm, accept: in windows of the model (calm 0:
+    no alarm is held)."""
 
     adapt: bool = True
     spatial: float | None = SPATIAL_MARGIN
-    level_half_life: float = LEVEL_HALF_LIFE
+    level_rate: float = LEVEL_RATE
     calm: float = CALM
     accept: float = ACCEPT
 
@@ -591,7 +592,6 @@ class SeriesStream:
         self._held_for = None  # readings since the held alarm (None: none held)
         self._calm = 0
         self._rebase = False
-        self._half = 1 - 0.5 ** (1 / rules.level_half_life) if rules.level_half_life else 0.0
 
     # -- input ------------------------------------------------------------------------
 
@@ -745,19 +745,22 @@ class SeriesStream:
         readings (an alarm accepted as a new normal) or moved towards the mean of its
         normal readings (when most of it was normal), and the shift shown the model with it."""
         present = ~np.isnan(normal)
-        self._normal_sum += np.where(present, normal, 0).sum(axis=0)
+        # cumsum: one reading after another, as a stream pushed a reading at a time adds them
+        self._normal_sum = np.cumsum([self._normal_sum, *np.where(present, normal, 0)], axis=0)[-1]
         self._normal_count += present.sum(axis=0)
         if not window_end:
             return
         if self._rebase:
             recent = self._ring[self._end - self.window : self._end]
-            some = ~np.isnan(recent).all(axis=0)
-            self._level[some] = np.nanmean(recent[:, some], axis=0)
+            present = (~np.isnan(recent)).sum(axis=0)
+            total = np.cumsum(np.nan_to_num(recent), axis=0)[-1]
+            some = present > 0
+            self._level[some] = total[some] / present[some]
             self._rebase, self._held_for = False, None
-        elif self._half:
+        elif self.rules.level_rate:
             enough = self._normal_count >= self.window / 2
             mean = self._normal_sum[enough] / self._normal_count[enough]
-            self._level[enough] += self._half * (mean - self._level[enough])
+            self._level[enough] += self.rules.level_rate * (mean - self._level[enough])
         self._normal_sum[:] = 0
         self._normal_count[:] = 0
         self._shift = self._level - self._trained_level

@@ -63,10 +63,12 @@ def build_models() -> None:
 
 def stream_lines() -> list[str]:
     """A live sensor's CSV lines, after the training week: jittered timestamps, a repeated
-    and an earlier one, a gap of 3 steps, a missing value, an unreadable line and a spike."""
-    n = 700
+    and an earlier one, a gap of 3 steps, a missing value, an unreadable line, a spike and
+    a lasting shift of level (held, then learnt)."""
+    n = 900
     values = sensor_values(n, 1)
     values[520] += 12  # the spike
+    values[600:] += 30  # the shift
     jitter = np.random.default_rng(2).integers(-25, 26, n)
     times = START + np.timedelta64(4 * 7 * 86400, "s") + np.arange(n) * np.timedelta64(STEP, "s")
     times = times + jitter.astype("timedelta64[s]")
@@ -169,7 +171,9 @@ def series(lines: list[str]) -> dict:
     report = stream.close()
     likelihood = np.concatenate([b.likelihood for b in batches])
     flags = np.concatenate([b.is_anomaly for b in batches])
-    assert flags.any(), "the golden stream must hold an alarm"
+    held = np.concatenate([b.in_alarm for b in batches])
+    assert flags.sum() >= 2, "the golden stream must hold the spike's and the shift's alarms"
+    assert not held[-20:].any(), "the shift must be learnt before the golden stream ends"
     return {
         "bundle": "series_model",
         "lines": lines,
@@ -177,6 +181,7 @@ def series(lines: list[str]) -> dict:
         "score": floats(np.concatenate([b.scores for b in batches])),
         "likelihood": floats(likelihood),
         "is_anomaly": floats(flags),
+        "in_alarm": floats(held),
         "report": {
             "readings": report.readings,
             "alarms": report.alarms,

@@ -134,9 +134,9 @@ export class Bundle {
   }
 
   /** A stream of a windowed model's readings: `await stream.push(values, timestamp)`. */
-  stream({ threshold } = {}) {
+  stream({ threshold, adapt = true } = {}) {
     if (!this.manifest.series) throw new InputError(`${this.source}: not a windowed model (no series in vae.json)`);
-    return new Stream(this, { threshold });
+    return new Stream(this, { threshold, adapt });
   }
 
   // -- the chain ---------------------------------------------------------------------------

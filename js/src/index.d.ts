@@ -22,8 +22,11 @@ export interface Reading {
   score: number;
   /** How unusual the reading is against the stream's own recent readings, in [0, 1]. */
   likelihood: number;
-  /** likelihood above the alarm threshold, at most once in a window. */
+  /** likelihood above the alarm threshold, at most once in a window, not while one is held. */
   isAnomaly: boolean;
+  /** An alarm held: from an alarm until a quarter window of calm readings, or until four
+   * windows have passed and the new level is learnt (docs/stream-spec.md). */
+  inAlarm: boolean;
   /** Each channel's loss over the window (streams made with perFeature). */
   features?: Float32Array;
 }
@@ -76,7 +79,8 @@ export class Bundle {
   /** n samples in the data's units, from a seeded JavaScript generator (not NumPy's draws). */
   sample(n: number, options?: { seed?: number }): Promise<Tensorish>;
   /** A windowed model's stream of readings. */
-  stream(options?: { threshold?: number }): Stream;
+  /** adapt: false for a frozen model (the level as read). */
+  stream(options?: { threshold?: number; adapt?: boolean }): Stream;
 }
 
 /** Load and check a bundle folder: a path in Node, a URL in a browser. */

@@ -96,7 +96,17 @@ function series(d, shape) {
   const alarm = d.alarm_threshold ?? ALARM_THRESHOLD;
   check(isNumber(alarm) && alarm >= 0 && alarm <= 1,
     'series.alarm_threshold must be a number in [0, 1]');
-  return { window, stride, channels, timestamp, stepSeconds: step, alarmThreshold: alarm };
+  const low = d.low ?? null;
+  const high = d.high ?? null;
+  check((low === null) === (high === null), 'series.low and series.high: both or neither');
+  if (low !== null) {
+    for (const [key, v] of [['low', low], ['high', high]]) {
+      check(Array.isArray(v) && v.length === channels.length && v.every(Number.isFinite),
+        `series.${key} must be a list of ${channels.length} finite numbers`);
+    }
+    check(low.every((v, c) => v <= high[c]), 'series.low must not be above series.high');
+  }
+  return { window, stride, channels, timestamp, stepSeconds: step, alarmThreshold: alarm, low, high };
 }
 
 function defaultScore(d, latentDim) {

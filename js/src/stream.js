@@ -12,6 +12,12 @@ export const TAIL_LEVEL = 0.98;
 export const REFIT = 50;
 export const MIN_EXCESSES = 5;
 export const TAIL_ROOT = 10;
+export const BOUNDED = false;
+// series.py's StreamRules defaults.
+export const SPATIAL_MARGIN = 0.05;
+export const LEVEL_RATE = 0.125;
+export const CALM = 0.25;
+export const ACCEPT = 4.0;
 const FLOAT32_MAX = 3.4028234663852886e38;
 const TIMESTAMP_NAMES = ['timestamp', 'time', 'datetime', 'date'];
 const MISSING_CELLS = ['', 'nan', 'na', 'null', 'none'];
@@ -23,26 +29,37 @@ export function likelihoodOfTail(tail) {
 
 /** update(loss) -> the likelihood in [0, 1] of each reading's loss, in order (alarm.py). */
 export class AnomalyLikelihood {
-  constructor(quiet = 1, { history = HISTORY, learning = LEARNING, level = TAIL_LEVEL, refit = REFIT } = {}) {
-    Object.assign(this, { quiet, history, learning, level, refit });
+  constructor(quiet = 1, { history = HISTORY, learning = LEARNING, level = TAIL_LEVEL, refit = REFIT,
+    bounded = BOUNDED } = {}) {
+    Object.assign(this, { quiet, history, learning, level, refit, bounded });
     this.ring = new Float64Array(history);
-    this.count = 0;
+    this.count = 0; // losses learnt
+    this.readings = 0; // losses judged, learnt or not
+    this.raw = 0; // the last reading's tail likelihood, before the gate
     this.sorted = null;
+    this.fittedAt = -1;
     this.tail = [0, 0, 1, 0]; // threshold, shape, scale, share above
     this.recent = []; // [index, tail likelihood], decreasing: the last `quiet`
   }
 
-  update(loss) {
+  /** atLeast: a floor once the likelihood speaks (the spatial check); learn: false keeps
+   * the loss out of the history (a held alarm's readings). */
+  update(loss, atLeast = 0, learn = true) {
     const x = Math.log1p(Math.max(Number(loss), 0));
     const n = Math.min(this.count, this.history);
     let raw = 0;
     if (n >= this.learning) {
-      if (this.sorted === null || this.count % this.refit === 0) this.fit(n);
-      raw = likelihoodOfTail(this.tailProbability(x));
+      const due = this.count % this.refit === 0 && this.fittedAt !== this.count;
+      if (this.sorted === null || due) this.fit(n);
+      raw = Math.max(likelihoodOfTail(this.tailProbability(x)), atLeast);
     }
-    this.ring[this.count % this.history] = x;
-    const i = this.count;
-    this.count += 1;
+    this.raw = raw;
+    if (learn) {
+      this.ring[this.count % this.history] = x;
+      this.count += 1;
+    }
+    const i = this.readings;
+    this.readings += 1;
     const recent = this.recent;
     while (recent.length && recent[0][0] <= i - this.quiet - 1) recent.shift();
     const novel = !recent.length || raw > recent[0][1];
@@ -67,14 +84,17 @@ export class AnomalyLikelihood {
         if (v > 0) {
           shape = 0.5 * (1 - (m * m) / v);
           scale = 0.5 * m * ((m * m) / v + 1);
-        } else {
-          scale = Math.max(m, scale);
+        }
+        if (v <= 0 || (!this.bounded && shape < 0)) {
+          shape = 0; // exponential: the mean excess, never a tail that ends
+          scale = Math.max(m, 1e-3);
         }
       } else {
         scale = Math.max(m, scale);
       }
     }
     this.sorted = history;
+    this.fittedAt = this.count;
     this.tail = [threshold, shape, scale, share];
   }
 
@@ -209,7 +229,7 @@ function roundHalfEven(v) {
  * (SeriesStream). `await stream.push(values, timestamp)`; calls are taken in order.
  */
 export class Stream {
-  constructor(bundle, { threshold, perFeature = false, where = 'the stream' } = {}) {
+  constructor(bundle, { threshold, perFeature = false, where = 'the stream', adapt = true } = {}) {
     const spec = bundle.manifest.series;
     this.bundle = bundle;
     this.window = spec.window;
@@ -229,6 +249,22 @@ export class Stream {
     this.sinceAlarm = this.window;
     this.reader = null;
     this.queue = Promise.resolve();
+    // What the stream learns (series.py's StreamRules, defaults): the range seen, the
+    // level of its normal readings and the shift shown the model; a held alarm.
+    this.adapt = adapt;
+    const C = this.channels;
+    const seen = spec.low !== null && spec.high !== null;
+    this.low = seen ? Float64Array.from(spec.low) : new Float64Array(C).fill(Infinity);
+    this.high = seen ? Float64Array.from(spec.high) : new Float64Array(C).fill(-Infinity);
+    const mean = bundle.manifest.preprocessing.mean;
+    this.trainedLevel = mean ? Float64Array.from(mean) : new Float64Array(C);
+    this.level = Float64Array.from(this.trainedLevel);
+    this.shift = new Float64Array(C);
+    this.normalSum = new Float64Array(C);
+    this.normalCount = new Float64Array(C);
+    this.heldFor = null;
+    this.calm = 0;
+    this.rebase = false;
   }
 
   /**
@@ -308,13 +344,33 @@ export class Stream {
     const index = this.report.readings;
     this.report.readings += 1;
     if (x.some(Number.isNaN)) this.report.missing += 1;
-    const window = Float32Array.from(this.ring.subarray((this.end - w) * C, this.end * C));
+    const steps = this.ring.subarray((this.end - w) * C, this.end * C);
+    const window = Float32Array.from(steps, (v, k) => v - this.shift[k % C]);
     const out = await this.bundle.runBatch(window, 1, Infinity, index);
-    const likelihood = index >= w - 1 ? this.likelihood.update(out.newest.data[0]) : 0;
-    const isAnomaly = likelihood > this.threshold && this.sinceAlarm >= w;
+    const beyond = this.beyond(x);
+    const held = this.heldFor !== null;
+    let likelihood = 0;
+    if (index >= w - 1) likelihood = this.likelihood.update(out.newest.data[0], beyond ? 1 : 0, !held);
+    const isAnomaly = likelihood > this.threshold && this.sinceAlarm >= w && !held;
     this.sinceAlarm = isAnomaly ? 0 : this.sinceAlarm + 1;
     this.report.alarms += isAnomaly ? 1 : 0;
-    const result = { index, timestamp: given ?? null, score: out.score.data[0], likelihood, isAnomaly };
+    if (isAnomaly && CALM > 0) {
+      this.heldFor = 0;
+      this.calm = 0;
+    } else if (held) {
+      this.heldFor += 1;
+      this.calm = this.likelihood.raw <= this.threshold ? this.calm + 1 : 0;
+      if (this.calm >= CALM * w) this.heldFor = null;
+      else if (this.heldFor >= ACCEPT * w) { // a new normal: held until re-based
+        this.rebase = this.adapt;
+        if (!this.adapt) this.heldFor = null;
+      }
+    }
+    const inAlarm = this.heldFor !== null; // a re-base at this window's end ends it after it
+    if (this.adapt) this.learnLevel(x, !(held || isAnomaly), (index + 1) % w === 0);
+    const result = {
+      index, timestamp: given ?? null, score: out.score.data[0], likelihood, isAnomaly, inAlarm,
+    };
     if (this.perFeature) {
       const features = new Float32Array(C);
       for (let c = 0; c < C; c++) {
@@ -325,6 +381,60 @@ export class Stream {
       result.features = features;
     }
     return result;
+  }
+
+  /** Whether x lies beyond the range of the readings before it by more than the spatial
+   * margin in any channel; the range then takes it in. */
+  beyond(x) {
+    let out = false;
+    for (let c = 0; c < this.channels; c++) {
+      const v = x[c];
+      const margin = SPATIAL_MARGIN * (this.high[c] - this.low[c]);
+      if (margin > 0 && (v < this.low[c] - margin || v > this.high[c] + margin)) out = true;
+      if (v < this.low[c]) this.low[c] = v; // NaN compares false: a missing reading changes nothing
+      if (v > this.high[c]) this.high[c] = v;
+    }
+    return out;
+  }
+
+  /** A normal reading taken in; at a window's end the level re-based on the window (an
+   * accepted alarm) or moved LEVEL_RATE towards its normal readings' mean. */
+  learnLevel(x, normal, windowEnd) {
+    const C = this.channels;
+    if (normal) {
+      for (let c = 0; c < C; c++) {
+        if (!Number.isNaN(x[c])) {
+          this.normalSum[c] += x[c];
+          this.normalCount[c] += 1;
+        }
+      }
+    }
+    if (!windowEnd) return;
+    const w = this.window;
+    if (this.rebase) {
+      for (let c = 0; c < C; c++) {
+        let total = 0;
+        let present = 0;
+        for (let s = this.end - w; s < this.end; s++) {
+          const v = this.ring[s * C + c];
+          total += Number.isNaN(v) ? 0 : v;
+          present += Number.isNaN(v) ? 0 : 1;
+        }
+        if (present > 0) this.level[c] = total / present;
+      }
+      this.rebase = false;
+      this.heldFor = null;
+    } else if (LEVEL_RATE) {
+      for (let c = 0; c < C; c++) {
+        if (this.normalCount[c] >= w / 2) {
+          const mean = this.normalSum[c] / this.normalCount[c];
+          this.level[c] += LEVEL_RATE * (mean - this.level[c]);
+        }
+      }
+    }
+    this.normalSum.fill(0);
+    this.normalCount.fill(0);
+    for (let c = 0; c < C; c++) this.shift[c] = this.level[c] - this.trainedLevel[c];
   }
 
   /** Steps from the reading before to one at t (null: 1, the clock moving on a step). */

@@ -45,6 +45,9 @@ export async function compareGolden(bundle, vector) {
     expect(report.maxRelScore <= SCORE_RTOL, `stream scores differ by ${report.maxRelScore} relative`);
     expect(report.maxLikelihoodDiff <= LIKELIHOOD_ATOL, `likelihoods differ by ${report.maxLikelihoodDiff}`);
     expect(mismatch < 0, `reading ${mismatch}: is_anomaly ${flags[mismatch]}, Python ${vector.is_anomaly[mismatch]}`);
+    const held = out.map((r) => (r.inAlarm ? 1 : 0));
+    const heldMismatch = held.findIndex((f, i) => f !== vector.in_alarm[i]);
+    expect(heldMismatch < 0, `reading ${heldMismatch}: in_alarm ${held[heldMismatch]}, Python ${vector.in_alarm[heldMismatch]}`);
     for (const [key, value] of Object.entries(vector.report)) {
       expect(stream.report[key] === value, `report.${key} ${stream.report[key]}, Python ${value}`);
     }
