@@ -56,25 +56,27 @@ def labelled(stamps: list[str], windows) -> np.ndarray:
     return np.array([any(s <= t[:19] <= e for s, e in spans) for t in stamps])
 
 
-def run_series(name: str, data: Path, work: Path, cli: str, window: str = "auto") -> dict:
-    """Train, export, calibrate and stream one series through the CLI; its outputs."""
+def run_series(name: str, data: Path, work: Path, cli: str, window: str = "auto",
+               reuse: bool = False) -> dict:  # fmt: skip
+    """Train, export, calibrate (unless `reuse` finds the model of an earlier run) and
+    stream one series through the CLI; its outputs."""
     lines = (data / f"{name}.csv").read_text().splitlines()
     n_prob = probationary(len(lines) - 1)
     folder = work / name
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "probationary.csv").write_text("\n".join(lines[: n_prob + 1]) + "\n")
-    t0 = time.perf_counter()
-    train = [cli, "train", "--data", str(folder / "probationary.csv"), "--out",
-             str(folder / "run"), "--window", window, "-q"]  # fmt: skip
-    # Two series train at once, each on one core: torch's threads on both would make both
-    # ten times slower.
-    one_core = dict(os.environ, OMP_NUM_THREADS="1")
-    subprocess.run(train, check=True, capture_output=True, text=True, env=one_core)
-    train_seconds = time.perf_counter() - t0
-    subprocess.run([cli, "export", str(folder / "run"), "--out", str(folder / "model"),
-                    "--force"], check=True, capture_output=True)  # fmt: skip
-    subprocess.run([cli, "calibrate", "--model", str(folder / "model"), "--data",
-                    str(folder / "probationary.csv")], check=True, capture_output=True)  # fmt: skip
+    trained = folder / "train_seconds.txt"
+    if not (reuse and trained.exists() and (folder / "model" / "vae.json").exists()):
+        t0 = time.perf_counter()
+        train = [cli, "train", "--data", str(folder / "probationary.csv"), "--out",
+                 str(folder / "run"), "--window", window, "-q"]  # fmt: skip
+        subprocess.run(train, check=True, capture_output=True, text=True)
+        trained.write_text(f"{time.perf_counter() - t0:.1f}\n")
+        subprocess.run([cli, "export", str(folder / "run"), "--out", str(folder / "model"),
+                        "--force"], check=True, capture_output=True)  # fmt: skip
+        subprocess.run([cli, "calibrate", "--model", str(folder / "model"), "--data",
+                        str(folder / "probationary.csv")], check=True, capture_output=True)  # fmt: skip
+    train_seconds = float(trained.read_text())
     t0 = time.perf_counter()
     with open(data / f"{name}.csv") as source, open(folder / "stream.csv", "w") as sink:
         command = [cli, "score", "--model", str(folder / "model"), "-", "--stream"]
@@ -140,104 +142,76 @@ def alarm_shares(results: list[dict], windows: dict) -> dict:
             "worst": shares[-1], "per_series": per_series}  # fmt: skip
 
 
-def design_inputs(results: list[dict], work: Path, data: Path) -> dict[str, dict]:
-    """Per series, what the likelihood could be fed: the -ELBO of the window ending at each
-    reading (the score column) and the reading's own loss (the window's last step)."""
+def stream_outputs(name: str, model_dir: Path, data: Path, design: dict) -> dict:
+    """One series streamed through its model under a design: StreamRules fields, plus
+    `bounded` (the likelihood's tail may end), `threshold` (the alarm's) and `short` (the
+    likelihood fed the mean of the last `short` readings' losses, a short window beside
+    the long history)."""
     from vae_edge.runtime import EdgeVAE
-    from vae_edge.runtime.series import SeriesStream
+    from vae_edge.runtime.alarm import AnomalyLikelihood
+    from vae_edge.runtime.series import SeriesStream, StreamRules
 
-    class Recording(SeriesStream):
+    design = dict(design)
+    bounded, threshold, short = (design.pop(k, None) for k in ("bounded", "threshold", "short"))
+
+    class Short(SeriesStream):
+        recent: list = []
+
         def _score(self, windows, first):
             scores, newest, features = super()._score(windows, first)
-            self.recorded.append((scores, newest))
-            return scores, newest, features
+            smoothed = np.empty_like(newest)
+            for i, v in enumerate(newest):
+                self.recent = [*self.recent[-(short - 1) :], v]
+                smoothed[i] = sum(self.recent) / len(self.recent)
+            return scores, smoothed, features
 
-    inputs = {}
-    for r in results:
-        model = EdgeVAE.load(work / r["name"] / "model")
-        stream = Recording(model, model.settings())
-        stream.recorded = []
-        stream.push_lines((data / f"{r['name']}.csv").read_text().splitlines())
-        inputs[r["name"]] = {
-            "window -ELBO": np.concatenate([s for s, _ in stream.recorded]).astype(np.float64),
-            "reading's loss": np.concatenate([n for _, n in stream.recorded]),
-        }
-    return inputs
-
-
-def likelihoods(values: np.ndarray, window: int, **constants) -> np.ndarray:
-    """The stream's likelihood of each reading's value (alarm.AnomalyLikelihood), quiet for
-    one window unless `quiet` says otherwise; 0 before the W-th reading, as the stream."""
-    from vae_edge.runtime import alarm
-
-    lik = alarm.AnomalyLikelihood(**{"quiet": window, **constants})
-    return np.array([lik.update(v) if i >= window - 1 else 0.0 for i, v in enumerate(values)])
+    model = EdgeVAE.load(model_dir)
+    stream = (Short if short else SeriesStream)(model, model.settings(), threshold=threshold,
+                                                rules=StreamRules(**design))  # fmt: skip
+    if bounded:
+        stream.likelihood = AnomalyLikelihood(quiet=stream.window, bounded=True)
+    out = stream.push_lines((data / f"{name}.csv").read_text().splitlines())
+    return {"likelihood": out.likelihood, "is_anomaly": out.is_anomaly.astype(float),
+            "in_alarm": out.in_alarm.astype(float)}  # fmt: skip
 
 
-def normal_likelihoods(values: np.ndarray, window: int, history: int) -> np.ndarray:
-    """numenta's way, the peer design: a normal distribution fitted to the log-losses of the
-    last `history` readings (their mean and std), the tail probability of each reading's."""
-    from vae_edge.runtime.alarm import LEARNING, likelihood_of_tail
-
-    logs = np.log1p(np.maximum(values, 0.0))
-    out = np.zeros(len(values))
-    for i in range(window - 1 + LEARNING, len(values)):
-        past = logs[max(window - 1, i - history) : i]
-        z = (logs[i] - past.mean()) / max(past.std(), 0.01)
-        out[i] = likelihood_of_tail(0.5 * math.erfc(z / math.sqrt(2.0)))
-    return out
-
-
-def alarms(likelihood: np.ndarray, threshold: float, quiet: int) -> np.ndarray:
-    """The stream's alarm rule: above the threshold, at most once in `quiet` readings."""
-    out, since = np.zeros(len(likelihood)), quiet
-    for i, v in enumerate(likelihood):
-        out[i] = v > threshold and since >= quiet
-        since = 0 if out[i] else since + 1
-    return out
+# The designs of the stream compared on the same trained models (benchmarks/nab.py
+# --designs): the default, then one part at a time changed or left out.
+DESIGNS = {
+    "default: level learnt, spatial check, alarms held, tails never end": {},
+    "as before this design: frozen, no spatial check, no hold, tails may end": {
+        "adapt": False, "spatial": None, "calm": 0, "bounded": True},
+    "no spatial check": {"spatial": None},
+    "spatial margin 10%": {"spatial": 0.1},
+    "frozen model (--frozen)": {"adapt": False},
+    "level only re-based (rate 0)": {"level_rate": 0.0},
+    "level rate 1/2": {"level_rate": 0.5},
+    "level rate 1/32": {"level_rate": 1 / 32},
+    "no alarm held": {"calm": 0},
+    "held alarm ends after 1 W calm": {"calm": 1.0},
+    "accepted after 2 W": {"accept": 2.0},
+    "accepted after 8 W": {"accept": 8.0},
+    "tails may end (bounded fit)": {"bounded": True},
+    "short window: mean of the last 5 losses": {"short": 5},
+    "alarm threshold 0.4": {"threshold": 0.4},
+    "alarm threshold 0.6": {"threshold": 0.6},
+}  # fmt: skip
 
 
 def designs(results: list[dict], work: Path, data: Path, python: str, windows: dict) -> dict:
-    """NAB standard scores (nab_sweep.py) of the likelihood's input, tail fit, history,
-    tail level and quiet span, and of the default alarm's threshold and quiet span, with
-    the alarm shares."""
-    from vae_edge.runtime import alarm
+    """NAB standard scores (nab_sweep.py) of each design's likelihood and alarm columns,
+    with the alarm shares, every series streamed through its trained model."""
+    from concurrent.futures import ProcessPoolExecutor
 
-    inputs = design_inputs(results, work, data)
-    width = {r["name"]: r["window"] for r in results}
-    loss = "reading's loss"
     candidates = {}
-
-    def add(key, make):
-        candidates[key] = {n: make(v, width[n]) for n, v in inputs.items()}
-
-    for history in (2016, alarm.HISTORY):
-        add(f"normal fit (numenta), history {history}, not quiet",
-            lambda v, w, h=history: normal_likelihoods(v[loss], w, h))  # fmt: skip
-    for feed in ("window -ELBO", loss):
-        for history in (2016, alarm.HISTORY):
-            add(f"tail fit of the {feed}, history {history}",
-                lambda v, w, f=feed, h=history: likelihoods(v[f], w, history=h))  # fmt: skip
-    add("tail fit, not quiet", lambda v, w: likelihoods(v[loss], w, quiet=1))
-    for span in (2, 4):
-        add(f"tail fit, quiet for {span} W",
-            lambda v, w, s=span: likelihoods(v[loss], w, quiet=s * w))  # fmt: skip
-    for level in (0.97, 0.99):
-        add(f"tail fit, tail level {level}",
-            lambda v, w, q=level: likelihoods(v[loss], w, level=q))  # fmt: skip
-    default = candidates[f"tail fit of the {loss}, history {alarm.HISTORY}"]
-    for fixed in (32, 128):  # the model's window, against auto
-        folder = work / f"window-{fixed}"
-        with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
-            others = list(pool.map(lambda r, f=folder, w=str(fixed): run_series(
-                r["name"], data, f, cli_path(), w), results))  # fmt: skip
-        fed = design_inputs(others, folder, data)
-        candidates[f"a fixed window of {fixed} steps"] = {
-            n: likelihoods(v[loss], fixed) for n, v in fed.items()}  # fmt: skip
-    for threshold in (0.35, 0.4, 0.45, 0.5, 0.55, 0.6, 0.7):
-        for span in (1, 2):
-            key = f"alarms above {threshold}, quiet for {span} W"
-            candidates[key] = {n: alarms(v, threshold, span * width[n]) for n, v in default.items()}
+    with ProcessPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+        for key, design in DESIGNS.items():
+            jobs = {r["name"]: pool.submit(stream_outputs, r["name"], work / r["name"] / "model",
+                                           data, design) for r in results}  # fmt: skip
+            outs = {n: j.result() for n, j in jobs.items()}
+            candidates[f"{key} / likelihood"] = {n: o["likelihood"] for n, o in outs.items()}
+            candidates[f"{key} / alarms"] = {n: o["is_anomaly"] for n, o in outs.items()}
+            print(f"streamed: {key}", flush=True)
     tmp = Path(tempfile.mkdtemp(prefix="nab-designs-"))
     np.savez(tmp / "candidates.npz", **{f"{c}/{n}": v for c, d in candidates.items()
                                         for n, v in d.items()})  # fmt: skip
@@ -248,7 +222,7 @@ def designs(results: list[dict], work: Path, data: Path, python: str, windows: d
                        capture_output=True, text=True, check=True)  # fmt: skip
     scored = json.loads(p.stdout)
     for key, flags in candidates.items():
-        if key.startswith("alarms"):
+        if key.endswith("alarms"):
             fake = [dict(r, is_anomaly=flags[r["name"]]) for r in results]
             scored[key]["alarm_share"] = alarm_shares(fake, windows)["pooled"]
     return scored
@@ -265,6 +239,8 @@ def main() -> None:
     ap.add_argument("--series", nargs="*")
     ap.add_argument("--work", default=str(REPO / "build" / "nab"))
     ap.add_argument("--designs", action="store_true")
+    ap.add_argument("--reuse", action="store_true",
+                    help="stream the models an earlier run trained in --work (no training)")
     a = ap.parse_args()
     data = shared() / "data" / "nab"
     windows = json.loads((data / "labels.json").read_text())
@@ -272,7 +248,8 @@ def main() -> None:
     cli = cli_path()
     started = time.perf_counter()
     with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
-        results = list(pool.map(lambda n: run_series(n, data, Path(a.work), cli), names))
+        results = list(pool.map(lambda n: run_series(n, data, Path(a.work), cli, reuse=a.reuse),
+                                names))  # fmt: skip
     for r in results:
         print(f"{r['name']}: W {r['window']}, trained in {r['train_seconds']} s; {r['report']}")
     if a.series:

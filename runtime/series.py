@@ -286,14 +286,23 @@ def _csv_series(path: Path, columns, timestamp, model, max_gap: int, delimiter) 
     reader, header = SeriesReader.for_header(str(path), lines[0], columns, timestamp,
                                              model=model, delimiter=delimiter)  # fmt: skip
     x, times = reader.parse(lines[1:] if header else lines, 1 + header)
-    n_read = len(x)
     step_seconds = model.step_seconds if model is not None else None
+    return on_grid(x, reader.channels, times, reader.timestamp_column, step_seconds, max_gap)
+
+
+def on_grid(x: np.ndarray, channels: list[str], times: np.ndarray | None = None,
+            timestamp_column: str | None = None, step_seconds: int | None = None,
+            max_gap: int = MAX_GAP) -> Series:  # fmt: skip
+    """Readings x (n, C) in the order read, with their timestamps (n,) datetime64[s] or
+    None, as a Series on its step grid: step_seconds, else the series' own (common_step),
+    gaps put back (fill_gaps)."""
+    n_read = len(x)
     if times is not None and step_seconds is None:
         step_seconds = common_step(times)
     out_of_order = 0
     if times is not None and step_seconds:
         x, times, out_of_order = fill_gaps(x, times, step_seconds, max_gap)
-    return Series(x, reader.channels, times, reader.timestamp_column, step_seconds,
+    return Series(x, channels, times, timestamp_column, step_seconds,
                   put_back=len(x) - n_read, out_of_order=out_of_order)  # fmt: skip
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import sys
 import time
 from dataclasses import asdict, dataclass, replace
@@ -292,7 +293,33 @@ class RunConfig:
             raise InputError(f"{where}: not a valid {RUN_FORMAT} run config ({e})") from None
 
 
+def training_threads(x: np.ndarray, series: SeriesSpec | None = None) -> int:
+    """torch's threads for a training: every core for images; one for series and tables,
+    whose small models gain nothing from a second thread and lose 2-3x when two trainings
+    share two cores (docs/training.md)."""
+    image = is_image_shape(tuple(np.shape(x)[1:])) and series is None
+    return (os.cpu_count() or 1) if image else 1
+
+
 def fit(
+    x: np.ndarray,
+    x_test: np.ndarray | None = None,
+    options: TrainOptions | None = None,
+    *,
+    threads: int | None = None,
+    **arguments,
+) -> tuple[VAE, RunConfig]:
+    """_fit with torch's threads set for the training (threads, default training_threads)
+    and set back after it."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads or training_threads(x, arguments.get("series")))
+    try:
+        return _fit(x, x_test, options, **arguments)
+    finally:
+        torch.set_num_threads(previous)
+
+
+def _fit(
     x: np.ndarray,
     x_test: np.ndarray | None = None,
     options: TrainOptions | None = None,
@@ -510,13 +537,14 @@ def train(
     columns: list[str] | None = None,
     timestamp: str | None = None,
     delimiter: str | None = None,
+    threads: int | None = None,
     **option_overrides,
 ) -> RunConfig:
     """Train on `data` (a path or 'mnist') and write the run into `out`: checkpoint.pt,
     config.json and log.jsonl (one line per epoch). Options as for fit(). With `window`
     (steps, or "auto"), `data` is a series (series.read_series: CSV with `columns`,
     `timestamp` and `delimiter`, or .npy) and the model a windowed one (fit_series).
-    Returns config."""
+    threads: torch's (default training_threads). Returns config."""
     options = replace(options or TrainOptions(), **option_overrides)
     if window is not None:
         max_gap = max(series_io.MAX_GAP, window if window != "auto" else 0)
@@ -556,16 +584,22 @@ def train(
         model, config = fit_series(
             series.values, window, stride, options, channels=series.channels,
             timestamp=series.timestamp_column, step_seconds=series.step_seconds,
-            progress=progress, on_epoch=on_epoch,
+            progress=progress, on_epoch=on_epoch, threads=threads,
         )  # fmt: skip
     else:
-        model, config = fit(x, x_test, options, progress=progress, on_epoch=on_epoch)
+        model, config = fit(x, x_test, options, progress=progress, on_epoch=on_epoch,
+                            threads=threads)  # fmt: skip
     config.data.update(source=str(data), normal_class=normal_class)
-    with atomic_output(out / CHECKPOINT_FILE) as tmp:
-        torch.save(model.state_dict(), tmp)
-    with atomic_output(out / CONFIG_FILE) as tmp:
-        tmp.write_text(config.to_json())
+    save_run(model, config, out)
     return config
+
+
+def save_run(model: VAE, config: RunConfig, out: str | Path) -> None:
+    """The run's checkpoint.pt and config.json into `out` (what export_run reads)."""
+    with atomic_output(Path(out) / CHECKPOINT_FILE) as tmp:
+        torch.save(model.state_dict(), tmp)
+    with atomic_output(Path(out) / CONFIG_FILE) as tmp:
+        tmp.write_text(config.to_json())
 
 
 @torch.no_grad()
