@@ -185,9 +185,11 @@ def run_skab(path: Path) -> dict:
 
     values = read_series(path, SKAB_SENSORS, "none").values
     labels = read_series(path, ["anomaly"], "none").values[:, 0].astype(int)
-    with tempfile.TemporaryDirectory() as tmp:
-        model, seconds, size, _ = train_bundle(values[:SKAB_TRAIN], Path(tmp))
-    raised = model.stream().push(values).is_anomaly[SKAB_TRAIN:]
+    # kept in build/skab, so that the stream's rules can be compared on the same models
+    work = REPO / "build" / "skab" / f"{path.parent.name}-{path.stem}"
+    model, seconds, size, _ = train_bundle(values[:SKAB_TRAIN], work)
+    streamed = model.stream().push(values)
+    raised, held = streamed.is_anomaly[SKAB_TRAIN:], streamed.in_alarm[SKAB_TRAIN:]
     losses = newest_losses(model, values)
     w = model.manifest.series.window
     frozen = AnomalyLikelihood()
@@ -195,6 +197,7 @@ def run_skab(path: Path) -> dict:
         frozen.update(loss)
     flags = [frozen.judge(loss) > ALARM_THRESHOLD for loss in losses[SKAB_TRAIN:]]
     return {"labels": labels[SKAB_TRAIN:].tolist(), "flags": flags, "raised": raised.tolist(),
+            "held": held.tolist(),
             "window": w, "train_seconds": round(seconds, 1), "bundle_bytes": size}  # fmt: skip
 
 
@@ -290,26 +293,33 @@ def write(asd: dict, skab: dict | None, seconds: float) -> None:
         lines += ["", "Peer seconds per server (mean): "
                   + ", ".join(f"{p} {s:.1f}" for p, s in ps.items()) + "."]  # fmt: skip
     if skab:
-        f, raised = skab["flagged"], skab["raised"]
-        lines += [
-            "",
-            "## SKAB: 34 runs, trained on each run's first 400 rows (leaderboard protocol)",
-            "",
-            f"{f['rows']} test rows pooled, {f['anomalous']} in a fault; windows "
-            f"{skab['windows']}; training median {skab['train_seconds']:.1f} s.",
-            "",
-            "| detector | F1 | false alarms % | missed % |",
-            "| --- | --- | --- | --- |",
-            f"| **vae-edge** (likelihood against the 400 training rows > 0.5) | "
-            f"**{f['f1']:.2f}** | {f['far']:.2f} | {f['mar']:.2f} |",
-            f"| vae-edge alarms raised as it streams (is_anomaly) | {raised['f1']:.2f} | "
-            f"{raised['far']:.2f} | {raised['mar']:.2f} |",
-        ]
-        lines += [
-            f"| {n} (published) | {a:.2f} | {b_:.2f} | {c:.2f} |" for n, a, b_, c in SKAB_BOARD
-        ]
+        lines += skab_lines(skab)
     (RESULTS / "multivariate.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
+
+
+def skab_lines(skab: dict) -> list[str]:
+    """SKAB's table: vae-edge's rows beside the published board."""
+    lines = []
+    f, raised, held = skab["flagged"], skab["raised"], skab["held"]
+    lines += [
+        "",
+        "## SKAB: 34 runs, trained on each run's first 400 rows (leaderboard protocol)",
+        "",
+        f"{f['rows']} test rows pooled, {f['anomalous']} in a fault; windows "
+        f"{skab['windows']}; training median {skab['train_seconds']:.1f} s.",
+        "",
+        "| detector | F1 | false alarms % | missed % |",
+        "| --- | --- | --- | --- |",
+        f"| **vae-edge in_alarm** (the alarm held as it streams, the default) | "
+        f"**{held['f1']:.2f}** | {held['far']:.2f} | {held['mar']:.2f} |",
+        f"| vae-edge, likelihood against the 400 training rows > 0.5 (judge) | "
+        f"{f['f1']:.2f} | {f['far']:.2f} | {f['mar']:.2f} |",
+        f"| vae-edge alarms raised as it streams (is_anomaly) | {raised['f1']:.2f} | "
+        f"{raised['far']:.2f} | {raised['mar']:.2f} |",
+    ]
+    lines += [f"| {n} (published) | {a:.2f} | {b_:.2f} | {c:.2f} |" for n, a, b_, c in SKAB_BOARD]
+    return lines
 
 
 def plot(name: str, folder: Path, out: Path) -> None:
@@ -359,13 +369,14 @@ def main() -> None:
     parser.add_argument("--servers", nargs="*")
     parser.add_argument("--skip-peers", action="store_true")
     parser.add_argument("--skip-skab", action="store_true")
+    parser.add_argument("--skip-asd", action="store_true")
     parser.add_argument("--fresh", action="store_true")
     args = parser.parse_args()
     folder = data_dir()
     if not (folder / "asd").is_dir():
         sys.exit(f"no ASD data in {folder} (set VAE_EDGE_DATA)")
     peers = {} if args.fresh or not PEER_CACHE.is_file() else json.loads(PEER_CACHE.read_text())
-    names = args.servers or [f"omi-{i}" for i in range(1, 13)]
+    names = [] if args.skip_asd else args.servers or [f"omi-{i}" for i in range(1, 13)]
     started = time.perf_counter()
     asd = {}
     for name in names:
@@ -381,8 +392,13 @@ def main() -> None:
             runs.append(run_skab(path))
             print(f"SKAB [{i}] {path.parent.name}/{path.name}", flush=True)
         skab = {"flagged": pooled(runs, "flags"), "raised": pooled(runs, "raised"),
+                "held": pooled(runs, "held"),
                 "windows": sorted({r["window"] for r in runs}),
                 "train_seconds": statistics.median(r["train_seconds"] for r in runs)}  # fmt: skip
+    if not names:  # SKAB alone
+        (RESULTS / "skab.json").write_text(json.dumps(skab, indent=1) + "\n")
+        print("\n".join(skab_lines(skab)))
+        return
     write(asd, skab, time.perf_counter() - started)
     plot(names[0], folder / "asd", RESULTS / "multivariate.png")
 

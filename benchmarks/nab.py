@@ -74,8 +74,9 @@ def run_series(name: str, data: Path, work: Path, cli: str, window: str = "auto"
         trained.write_text(f"{time.perf_counter() - t0:.1f}\n")
         subprocess.run([cli, "export", str(folder / "run"), "--out", str(folder / "model"),
                         "--force"], check=True, capture_output=True)  # fmt: skip
-        subprocess.run([cli, "calibrate", "--model", str(folder / "model"), "--data",
-                        str(folder / "probationary.csv")], check=True, capture_output=True)  # fmt: skip
+        calibrate = [cli, "calibrate", "--model", str(folder / "model"), "--data",
+                     str(folder / "probationary.csv")]  # fmt: skip
+        subprocess.run(calibrate, check=True, capture_output=True)
     train_seconds = float(trained.read_text())
     t0 = time.perf_counter()
     with open(data / f"{name}.csv") as source, open(folder / "stream.csv", "w") as sink:
@@ -239,9 +240,13 @@ def main() -> None:
     ap.add_argument("--series", nargs="*")
     ap.add_argument("--work", default=str(REPO / "build" / "nab"))
     ap.add_argument("--designs", action="store_true")
-    ap.add_argument("--reuse", action="store_true",
-                    help="stream the models an earlier run trained in --work (no training)")
+    ap.add_argument(
+        "--reuse",
+        action="store_true",
+        help="stream the models an earlier run trained in --work (no training)",
+    )
     a = ap.parse_args()
+    a.python = os.path.abspath(a.python)  # NAB's scorer runs it from its own folder
     data = shared() / "data" / "nab"
     windows = json.loads((data / "labels.json").read_text())
     names = a.series or sorted(p.stem for p in data.glob("*__*.csv"))

@@ -93,9 +93,10 @@ def _names(text: str | None) -> list[str]:
     return [name.strip() for name in text.split(",") if name.strip()] if text else []
 
 
-def _on_ray(input_path, output, address, scored, check=None) -> int:
-    """Read the Parquet input, score it with scored(ray_data, dataset) and write it, on a
-    local Ray sized to this machine unless --address. Every file's footer is read, and
+def _on_ray(input_path, output, address, work, check=None):
+    """Read the Parquet input and hand it to work(ray_data, dataset), on a local Ray sized
+    to this machine unless --address; with an output folder, write the Dataset work
+    returns there (its rows are returned). Every file's footer is read, and
     check(ray_data, pieces) run, before Ray starts."""
     try:
         import ray
@@ -112,7 +113,8 @@ def _on_ray(input_path, output, address, scored, check=None) -> int:
     ray.init(address=address, include_dashboard=False, logging_level="WARNING",
              num_cpus=None if address else os.cpu_count())  # fmt: skip
     try:
-        return ray_data.write_parquet(scored(ray_data, ray_data.read_parquet(pieces)), output)
+        result = work(ray_data, ray_data.read_parquet(pieces))
+        return result if output is None else ray_data.write_parquet(result, output)
     finally:
         ray.shutdown()
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import click
 
@@ -78,10 +79,7 @@ from vae_edge.cli import (
     help="A windowed model: the model sees the readings "
     "as they are; without it the stream learns their level as it runs.",
 )
-def score(model_dir, input_path, score_type, samples, complexity, seed, batch_size, threshold,
-          per_feature, output, device, threads, no_verify, engine, address, actors,
-          cpus_per_actor, keep, series_id, columns, timestamp, delimiter, hindsight,
-          stream, frozen):  # fmt: skip
+def score(model_dir, input_path, engine, output, **options):
     """Score INPUT (.npz/.npy/.csv/.png or a PNG folder): anomaly score per sample; with a
     windowed model, INPUT is a series (.csv, .npy, or - for standard input) and the
     output one row per time step.
@@ -93,69 +91,84 @@ def score(model_dir, input_path, score_type, samples, complexity, seed, batch_si
     and -o a new folder of Parquet part files: index (the row's position in the input),
     the --keep columns, score, is_anomaly when there is a threshold; with --series-id, a
     fleet's series: the series id, index (the reading's position in its series), the
-    timestamp column, score, likelihood, is_anomaly."""
+    timestamp column, score, likelihood, is_anomaly, in_alarm."""
+    if engine == "ray":
+        kind = "fleet" if options["series_id"] is not None else "table on Ray"
+    else:
+        kind = None  # the model says: a table (or images) or a series
+    if kind is None:
+        model = _load(model_dir, options["device"], options["threads"], not options["no_verify"])
+        kind = "series" if model.manifest.series is not None else "table"
+    ctx = click.get_current_context()
+    given = {
+        n for n in options if ctx.get_parameter_source(n) != click.core.ParameterSource.DEFAULT
+    }
+    refused = sorted(given - KIND_OPTIONS[kind])
+    if refused:
+        flag = "--" + refused[0].replace("_", "-")
+        kinds = [k for k, names in KIND_OPTIONS.items() if refused[0] in names]
+        raise click.UsageError(f"{flag} is not for {KIND_TEXT[kind]} (it is for "
+                               f"{' and '.join(KIND_TEXT[k] for k in kinds)})")  # fmt: skip
+    if engine == "ray" and output is None:
+        raise click.BadParameter("--engine ray writes a folder: give -o OUT_DIR", param_hint="-o")
+    o = SimpleNamespace(**options)
+    if kind == "fleet":
+        rows = _score_fleet_on_ray(input_path, output, model_dir, o.score_type, o.samples,
+                                   o.seed, o.threshold, o.per_feature, o.address, o.actors,
+                                   o.series_id, _names(o.columns), o.timestamp)  # fmt: skip
+        click.echo(f"wrote {output} ({rows} rows)", err=True)
+    elif kind == "table on Ray":
+        model = _load(model_dir, "cpu", 1, not o.no_verify)  # checked here, before any worker
+        if model.manifest.series is not None:
+            raise click.UsageError("--engine ray scores a fleet of series, each in order: name "
+                                   "the column of their ids with --series-id")  # fmt: skip
+        settings = model.settings(o.score_type, o.samples, o.seed, o.threshold, o.batch_size,
+                                  o.complexity)  # fmt: skip
+        rows = _score_on_ray(input_path, output, model_dir, settings, o.per_feature, o.address,
+                             o.actors, o.cpus_per_actor, _names(o.keep),
+                             _names(o.columns))  # fmt: skip
+        click.echo(f"wrote {output} ({rows} rows)", err=True)
+    elif kind == "series":
+        if o.stream and output is not None:
+            raise click.UsageError("--stream writes to standard output: leave out -o")
+        if o.stream and o.hindsight:
+            raise click.UsageError("--hindsight waits W - 1 readings: not with --stream")
+        _score_series(model, input_path, output, o)
+    else:
+        _score_table(model, input_path, output, o)
+
+
+# Which options go with which kind of input: a table's (or images') rows, a series' readings,
+# a table's rows on Ray, a fleet's series on Ray. The rest (model, input, -o) go with all.
+SETTINGS = {"score_type", "samples", "complexity", "seed", "threshold", "per_feature"}
+KIND_OPTIONS = {
+    "table": SETTINGS | {"batch_size", "device", "threads", "no_verify"},
+    "series": SETTINGS | {"batch_size", "device", "threads", "no_verify", "columns",
+                          "timestamp", "delimiter", "hindsight", "stream", "frozen"},
+    "table on Ray": SETTINGS | {"batch_size", "no_verify", "address", "actors",
+                                "cpus_per_actor", "keep", "columns"},
+    "fleet": SETTINGS | {"address", "actors", "series_id", "columns", "timestamp"},
+}  # fmt: skip
+KIND_TEXT = {"table": "a table's or images' rows", "series": "a windowed model's series",
+             "table on Ray": "--engine ray", "fleet": "--engine ray --series-id"}  # fmt: skip
+
+
+def _score_table(model, input_path, output, o) -> None:
+    """A table's or images' rows, in chunks, written batch by batch."""
     from vae_edge.runtime.data import check_writable, stream_input
     from vae_edge.runtime.errors import InputError
     from vae_edge.runtime.output import SCORE_FORMATS, write_scores
 
-    ray_only = {"--address": address, "--actors": actors, "--keep": keep, "--columns": columns,
-                "--series-id": series_id}  # fmt: skip
-    if engine == "ray":
-        if output is None:
-            raise click.BadParameter(
-                "--engine ray writes a folder: give -o OUT_DIR", param_hint="-o"
-            )
-        if device != "cpu" or threads:
-            raise click.UsageError("--engine ray scores on CPUs: use --cpus-per-actor, not "
-                                   "--device or --threads")  # fmt: skip
-        if series_id is not None:
-            if keep or stream or hindsight or delimiter:
-                raise click.UsageError("--keep, --stream, --hindsight and --delimiter are not "
-                                       "for a fleet on Ray")  # fmt: skip
-            rows = _score_fleet_on_ray(input_path, output, model_dir, score_type, samples,
-                                       seed, threshold, per_feature, address, actors, series_id,
-                                       _names(columns), timestamp)  # fmt: skip
-            click.echo(f"wrote {output} ({rows} rows)", err=True)
-            return
-        model = _load(model_dir, "cpu", 1, not no_verify)  # checked here, before any worker
-        if model.manifest.series is not None:
-            raise click.UsageError("--engine ray scores a fleet of series, each in order: name "
-                                   "the column of their ids with --series-id")  # fmt: skip
-        settings = model.settings(score_type, samples, seed, threshold, batch_size, complexity)
-        rows = _score_on_ray(input_path, output, model_dir, settings, per_feature, address,
-                             actors, cpus_per_actor, _names(keep), _names(columns))  # fmt: skip
-        click.echo(f"wrote {output} ({rows} rows)", err=True)
-        return
     suffix = _suffix(output, SCORE_FORMATS) if output else ".csv"
-    if per_feature and suffix == ".npy":
+    if o.per_feature and suffix == ".npy":
         raise click.BadParameter("--per-feature needs .csv or .jsonl output", param_hint="-o")
     if output is not None:
         check_writable(output)
-    model = _load(model_dir, device, threads, not no_verify)
-    settings = model.settings(score_type, samples, seed, threshold, batch_size, complexity)
-    if model.manifest.series is not None:
-        if stream and output is not None:
-            raise click.UsageError("--stream writes to standard output: leave out -o")
-        if stream and hindsight:
-            raise click.UsageError("--hindsight waits W - 1 readings: not with --stream")
-        given = [name for name, value in ray_only.items() if value and name != "--columns"]
-        if given:
-            raise click.UsageError(f"{given[0]} needs --engine ray")
-        _score_series(model, input_path, settings, threshold, per_feature, output,
-                      _names(columns) or None, timestamp, stream, hindsight,
-                      delimiter, frozen)  # fmt: skip
-        return
-    given = [name for name, value in ray_only.items() if value]
-    if given:
-        raise click.UsageError(f"{given[0]} needs --engine ray")
-    series_only = {"--stream": stream, "--timestamp": timestamp, "--hindsight": hindsight,
-                   "--delimiter": delimiter, "--frozen": frozen}  # fmt: skip
-    given = [name for name, value in series_only.items() if value]
-    if given:
-        raise click.UsageError(f"{given[0]} is for windowed models (trained with --window)")
+    settings = model.settings(o.score_type, o.samples, o.seed, o.threshold, o.batch_size,
+                              o.complexity)  # fmt: skip
     try:
-        total, chunks = stream_input(input_path, rows=max(batch_size, 4096))
-        batches = model.score_batches(chunks, settings, per_feature)
+        total, chunks = stream_input(input_path, rows=max(o.batch_size, 4096))
+        batches = model.score_batches(chunks, settings, o.per_feature)
         with _progress(total, "scoring") as bar:
             write_scores(_counted(batches, bar), output, sys.stdout)
     except InputError as e:
@@ -165,9 +178,7 @@ def score(model_dir, input_path, score_type, samples, complexity, seed, batch_si
         raise
 
 
-def _score_series(model, input_path, settings, threshold, per_feature, output, columns,
-                  timestamp, stream, hindsight, delimiter=None,
-                  frozen=False) -> None:  # fmt: skip
+def _score_series(model, input_path, output, o) -> None:
     """A windowed model's results, a row per reading: the lines of INPUT piped through one
     SeriesStream (a line at a time with --stream, else in chunks: the same numbers), its
     report on stderr at the end. --hindsight holds the file's results until its end."""
@@ -180,22 +191,26 @@ def _score_series(model, input_path, settings, threshold, per_feature, output, c
     if where != "standard input" and suffix not in (".csv", ".npy"):
         raise InputError(f"{where}: a windowed model scores a series: .csv, .npy, or - for "
                          "standard input")  # fmt: skip
-    scorer = SeriesStream(model, settings, threshold=threshold, per_feature=per_feature,
-                          columns=columns, timestamp=timestamp, delimiter=delimiter,
-                          where=where, rules=StreamRules(adapt=not frozen))  # fmt: skip
+    settings = model.settings(o.score_type, o.samples, o.seed, o.threshold, o.batch_size,
+                              o.complexity)  # fmt: skip
+    columns = _names(o.columns) or None
+    scorer = SeriesStream(model, settings, threshold=o.threshold, per_feature=o.per_feature,
+                          columns=columns, timestamp=o.timestamp, delimiter=o.delimiter,
+                          where=where, rules=StreamRules(adapt=not o.frozen))  # fmt: skip
 
     def batches():
         if suffix == ".npy":
-            pieces = [scorer.push(read_series(input_path, columns, timestamp).values)]
+            pieces = [scorer.push(read_series(input_path, columns, o.timestamp).values)]
         else:
             lines = _series_lines(input_path, where)
-            pieces = (scorer.push_lines(chunk) for chunk in _chunked(lines, 1 if stream else 4096))
+            size = 1 if o.stream else 4096
+            pieces = (scorer.push_lines(chunk) for chunk in _chunked(lines, size))
         batches = (batch for batch in pieces if batch is not None)
-        yield from with_hindsight(list(batches), scorer.window) if hindsight else batches
-        scorer.close(whole=not stream)
+        yield from with_hindsight(list(batches), scorer.window) if o.hindsight else batches
+        scorer.close(whole=not o.stream)
 
     write_scores(batches(), output, sys.stdout, feature_names=model.manifest.series.channels,
-                 flush=stream)  # fmt: skip
+                 flush=o.stream)  # fmt: skip
     click.echo(f"{where}: {scorer.report}", err=True)
 
 

@@ -9,6 +9,7 @@ import click
 
 from vae_edge.cli import (
     _names,
+    _on_ray,
     _train_extra,
     cli,
     delimiter_option,
@@ -16,8 +17,16 @@ from vae_edge.cli import (
 
 
 @cli.command()
-@click.option("--data", required=True, help="Training data: .npz/.npy/.csv/PNG path, or 'mnist'.")
-@click.option("--out", "run_dir", required=True, type=click.Path(path_type=Path))
+@click.argument("data_argument", metavar="[DATA]", required=False)
+@click.option("--data", help="Training data: .npz/.npy/.csv/PNG path, or 'mnist' (or DATA); with "
+              "--engine ray, Parquet: a file, a folder of part files or a glob.")  # fmt: skip
+@click.option(
+    "--out",
+    "run_dir",
+    required=True,
+    type=click.Path(path_type=Path),
+    help="The run's folder; with --engine ray, the folder of bundles, OUT/<id>/.",
+)
 @click.option(
     "--arch",
     type=click.Choice(["mlp", "conv", "conv1d"]),
@@ -90,9 +99,36 @@ from vae_edge.cli import (
               "dates).")  # fmt: skip
 @delimiter_option
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar or per-epoch lines.")
-def train(data, run_dir, hidden, quiet, window, stride, columns, timestamp, delimiter,
-          **options):  # fmt: skip
-    """Train a VAE (needs the `train` extra) and write RUN_DIR."""
+@click.option("--threads", type=click.IntRange(min=1), help="torch's threads (default: one for "
+              "a series or a table, whose small models gain nothing from more and thrash when "
+              "two trainings share the cores; every core for images).")  # fmt: skip
+@click.option("--engine", type=click.Choice(["local", "ray"]), default="local", show_default=True,
+              help="ray: a bundle per series of a fleet (--series-id), trained in parallel on "
+              "Ray Data, one CPU and one thread each (needs the `ray` extra).")  # fmt: skip
+@click.option(
+    "--series-id",
+    help="--engine ray: the column naming each row's series; each "
+    "series is trained alone, as `train --window` trains one, into OUT/<id>/.",
+)
+@click.option("--address", help="--engine ray: a Ray cluster, auto or HOST:PORT (default: a "
+              "local Ray).")  # fmt: skip
+@click.option("--force", is_flag=True, help="--engine ray: replace bundles already in OUT.")
+def train(data_argument, data, run_dir, hidden, quiet, window, stride, columns, timestamp,
+          delimiter, threads, engine, series_id, address, force, **options):  # fmt: skip
+    """Train a VAE on DATA (needs the `train` extra) and write RUN_DIR; with --engine ray
+    --series-id COL, a windowed model per series of a fleet, each an exported bundle."""
+    if (data is None) == (data_argument is None):
+        raise click.UsageError("give the training data once: DATA or --data DATA")
+    data = data or data_argument
+    if engine == "ray" and series_id is None:
+        raise click.UsageError("--engine ray trains a fleet: name the column of its series "
+                               "ids with --series-id")  # fmt: skip
+    for flag, value in (("--series-id", series_id), ("--address", address), ("--force", force)):
+        if value and engine != "ray":
+            raise click.UsageError(f"{flag} needs --engine ray")
+    if engine == "ray" and (stride != 1 or delimiter or hidden or threads):
+        raise click.UsageError("--stride, --delimiter, --hidden and --threads are not for "
+                               "--engine ray (one thread per series)")  # fmt: skip
     train_module = _train_extra("vae_edge.training.train")
     if window is not None and window != "auto":
         try:
@@ -114,9 +150,14 @@ def train(data, run_dir, hidden, quiet, window, stride, columns, timestamp, deli
     options = {k: v for k, v in options.items() if v is not None}  # unset: fit's default
     if options.get("patience") == 0:
         options["patience"] = None  # fit's "never stop early"
+    if engine == "ray":
+        _train_fleet(data, run_dir, series_id, window or "auto", _names(columns) or None,
+                     timestamp, address, force, options)  # fmt: skip
+        return
     config = train_module.train(data, run_dir, hidden=hidden, progress=not quiet, window=window,
                                 stride=stride, columns=_names(columns) or None,
-                                timestamp=timestamp, delimiter=delimiter, **options)  # fmt: skip
+                                timestamp=timestamp, delimiter=delimiter, threads=threads,
+                                **options)  # fmt: skip
     s = config.summary
     click.echo(f"wrote {run_dir} ({s['seconds']} s)")
     if "series" in config.data:
@@ -129,3 +170,38 @@ def train(data, run_dir, hidden, quiet, window, stride, columns, timestamp, deli
                 f"{split} loss {s[f'{split}_loss']:.2f} nats/sample "
                 f"(reconstruction {s[f'{split}_recon']:.2f} + KL {s[f'{split}_kl']:.2f})"
             )
+
+
+def _train_fleet(data, out, series_id, window, columns, timestamp, address, force,
+                 options) -> None:  # fmt: skip
+    """A bundle per series id on Ray (ray_data.train.train_fleet): a line per series that
+    failed, a summary; exit 1 when any failed (the others are kept)."""
+    import time
+
+    from vae_edge.runtime.errors import InputError
+
+    started = time.perf_counter()
+    results = []
+
+    def trained(ray_data, dataset):
+        from vae_edge.ray_data.train import train_fleet
+
+        results.extend(train_fleet(dataset, out, series_id, window=window, columns=columns,
+                                   timestamp=timestamp, force=force, **options))  # fmt: skip
+
+    def check(ray_data, pieces):  # before Ray starts
+        import pyarrow.parquet as pq
+
+        names = pq.ParquetFile(pieces[0]["file"]).schema_arrow.names
+        if series_id not in names:
+            raise InputError(f"{pieces[0]['file']}: no column {series_id!r} in the input (it "
+                             f"has {', '.join(names)})")  # fmt: skip
+
+    _on_ray(data, None, address, trained, check)
+    failed = [r for r in results if r["error"]]
+    for r in failed:
+        click.echo(f"vae-edge: series {r['id']!r} not trained: {r['error']}", err=True)
+    click.echo(f"trained {len(results) - len(failed)} of {len(results)} series into {out}/ "
+               f"({time.perf_counter() - started:.1f} s)")  # fmt: skip
+    if failed:
+        raise SystemExit(1)

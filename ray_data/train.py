@@ -81,13 +81,17 @@ def train_series(group, out: Path, series_id: str, window, columns, timestamp, f
     if (target / "vae.json").exists() and not force:
         raise InputError(f"{target}: a bundle is already there (use --force to replace it)")
     order = np.argsort(group[INDEX], kind="stable")
-    if timestamp is None:
-        timestamp = next((c for c in group if c.lower() in TIMESTAMP_NAMES), None)
+    if timestamp is None:  # a column named like one, else the first column of times
+        named = [c for c in group if c.lower() in TIMESTAMP_NAMES]
+        timed = [c for c in group if group[c].dtype.kind == "M"]
+        timestamp = next(iter(named + timed), None)
     not_values = {series_id, INDEX, timestamp}
     names = columns or [c for c in group if c not in not_values]
+    bad = [c for c in names if c in group and group[c].dtype.kind not in "uifb"]
+    if bad:
+        raise InputError(f"series {sid!r}: column {bad[0]!r} is not numbers ({group[bad[0]].dtype}"
+                         "); name the value columns with --columns")  # fmt: skip
     values = _features(group, names, not_values)[order]
-    if values.dtype.kind not in "uif":
-        raise InputError(f"series {sid!r}: its value columns ({', '.join(names)}) are not numbers")
     times = None if timestamp is None else _stamps(group[timestamp][order], sid)
     series = on_grid(values.astype(np.float64).reshape(len(values), -1), list(names), times,
                      timestamp)  # fmt: skip
@@ -109,4 +113,3 @@ def _stamps(column: np.ndarray, sid: str) -> np.ndarray:
         return column.astype("datetime64[s]")
     return np.array([_timestamp(str(t), f"series {sid!r}", i + 1) for i, t in enumerate(column)],
                     "datetime64[s]")  # fmt: skip
-
