@@ -94,9 +94,10 @@ test('the example sensor plays as a stream with Python likelihoods and alarms', 
   played.readings.forEach((r, i) => {
     assert.ok(Math.abs(r.likelihood - vector.likelihood[i]) <= 1e-4, `reading ${i}`);
     assert.equal(r.isAnomaly ? 1 : 0, vector.is_anomaly[i], `reading ${i}`);
+    assert.equal(r.inAlarm ? 1 : 0, vector.in_alarm[i], `reading ${i}`);
   });
   assert.equal(played.report.alarms, vector.report.alarms);
-  assert.match(await page.textContent('#streamStatus'), /700 readings, 1 alarms/);
+  assert.match(await page.textContent('#streamStatus'), /900 readings, 2 alarms/);
   if (process.env.SCREENSHOTS !== '0') await page.screenshot({ path: join(shots, 'web-page.png'), fullPage: true });
   assert.deepEqual(errors, []);
 });

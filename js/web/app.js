@@ -132,7 +132,7 @@ drop.addEventListener('drop', async (e) => {
 
 const chart = $('chart');
 
-function paintChart(values, likelihood, alarms, threshold) {
+function paintChart(values, likelihood, alarms, held, threshold) {
   const ctx = chart.getContext('2d');
   const { width, height } = chart;
   ctx.clearRect(0, 0, width, height);
@@ -143,6 +143,8 @@ function paintChart(values, likelihood, alarms, threshold) {
   const finite = values.filter(Number.isFinite);
   const lo = Math.min(...finite);
   const hi = Math.max(...finite);
+  ctx.fillStyle = 'rgba(221, 34, 34, 0.12)'; // an alarm held while the fault lasts
+  held.forEach((h, i) => { if (h) ctx.fillRect(x(i), top.y, x(i + 1) - x(i) + 0.5, low.y + low.h - top.y); });
   ctx.strokeStyle = '#d22';
   for (const i of alarms) {
     ctx.beginPath();
@@ -179,6 +181,7 @@ async function play(text) {
   const values = [];
   const likelihood = [];
   const alarms = [];
+  const held = [];
   const readings = [];
   state.sensor = { done: false, readings };
   let painted = performance.now();
@@ -190,16 +193,17 @@ async function play(text) {
     values.push(line.split(',')[1]?.trim() === '' ? NaN : cell);
     likelihood.push(out.likelihood);
     if (out.isAnomaly) alarms.push(out.index);
+    held.push(out.inAlarm);
     if (speed > 0) await new Promise((r) => setTimeout(r, 1000 / speed));
     if (speed > 0 || performance.now() - painted > 100) {
-      paintChart(values, likelihood, alarms, stream.threshold);
+      paintChart(values, likelihood, alarms, held, stream.threshold);
       painted = performance.now();
       const r = stream.report;
       $('streamStatus').textContent = `${r.readings} readings, ${r.alarms} alarms · last: ${out.timestamp} `
         + `score ${out.score.toPrecision(4)}, likelihood ${out.likelihood.toFixed(3)}`;
     }
   }
-  paintChart(values, likelihood, alarms, stream.threshold);
+  paintChart(values, likelihood, alarms, held, stream.threshold);
   const r = stream.report;
   $('streamStatus').textContent = `${r.readings} readings, ${r.alarms} alarms, ${r.outOfOrder} repeated or earlier `
     + `timestamps, ${r.putBack} steps put back for gaps, ${r.missing} missing, ${r.unreadable} unreadable lines`;
