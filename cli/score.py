@@ -77,7 +77,7 @@ from vae_edge.cli import (
     "--frozen",
     is_flag=True,
     help="A windowed model: the model sees the readings "
-    "as they are; without it the stream learns their level as it runs.",
+    "as they are; without it the stream re-bases their level on a lasting change.",
 )
 def score(model_dir, input_path, engine, output, **options):
     """Score INPUT (.npz/.npy/.csv/.png or a PNG folder): anomaly score per sample; with a

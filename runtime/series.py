@@ -490,12 +490,16 @@ def with_hindsight(batches: list[ScoredBatch], window: int) -> list[ScoredBatch]
 # share of their range is anomalous (likelihood 1) whatever the model says.
 SPATIAL_MARGIN = 0.05
 # The level the model is shown moves this share of the way towards the mean of each
-# window's normal readings (a half-life of 5 windows; 0: it moves only when a held alarm
-# is accepted). A power of 2: a port computes the same level to the bit.
-LEVEL_RATE = 0.125
+# window's normal readings (0: it moves only when a held alarm is accepted as the new
+# normal). On NAB, following the readings cost more than it gave (rate 1/8: 52.4 against
+# 57.2 re-based only, benchmarks/results/nab-designs.md): a model trained on a stretch
+# with its own level reads a drift as normal. A power of 2 (or 0): a port computes the
+# same level to the bit.
+LEVEL_RATE = 0.0
 # A held alarm ends after this many windows of calm readings (the tail likelihood at or
-# below the alarm threshold) ...
-CALM = 0.25
+# below the alarm threshold; NAB: 58.9 against 58.0 for a quarter window and 52.3 for a
+# whole one, whose longer holds keep more of a change out of the history) ...
+CALM = 0.5
 # ... or, held this many windows, is accepted as the new normal: the level is re-based on
 # the last window's readings and the likelihood learns again.
 ACCEPT = 4.0
@@ -716,6 +720,17 @@ class SeriesStream:
         """Whether each reading lies beyond the range of the readings before it (the
         model's training data's to begin with) by more than the spatial margin, in any
         channel; the range then takes the readings in."""
+        if len(readings) == 1:  # a live stream's reading: the same, in fewer NumPy calls
+            reading, low, high = readings[0], self._low, self._high
+            beyond = False
+            if self.rules.spatial is not None:
+                with np.errstate(invalid="ignore"):
+                    margin = self.rules.spatial * (high - low)
+                    out = (reading < low - margin) | (reading > high + margin)
+                beyond = bool((out & (margin > 0)).any())
+            np.fmin(low, reading, out=low)
+            np.fmax(high, reading, out=high)
+            return np.array([beyond])
         with np.errstate(invalid="ignore"):  # a channel with no reading yet: inf - inf
             lows = np.fmin.accumulate(np.vstack([self._low, readings]), axis=0)
             highs = np.fmax.accumulate(np.vstack([self._high, readings]), axis=0)
@@ -753,10 +768,14 @@ class SeriesStream:
         """Takes in normal readings; at a window's end, the level re-based on the window's
         readings (an alarm accepted as a new normal) or moved towards the mean of its
         normal readings (when most of it was normal), and the shift shown the model with it."""
-        present = ~np.isnan(normal)
-        # cumsum: one reading after another, as a stream pushed a reading at a time adds them
-        self._normal_sum = np.cumsum([self._normal_sum, *np.where(present, normal, 0)], axis=0)[-1]
-        self._normal_count += present.sum(axis=0)
+        if len(normal):
+            present = ~np.isnan(normal)
+            filled = np.where(present, normal, 0)  # a missing value adds 0
+            if len(normal) == 1:
+                self._normal_sum += filled[0]
+            else:  # one reading after another (cumsum), as pushed a reading at a time
+                self._normal_sum = np.cumsum([self._normal_sum, *filled], axis=0)[-1]
+            self._normal_count += present.sum(axis=0)
         if not window_end:
             return
         if self._rebase:

@@ -24,7 +24,7 @@ export interface Reading {
   likelihood: number;
   /** likelihood above the alarm threshold, at most once in a window, not while one is held. */
   isAnomaly: boolean;
-  /** An alarm held: from an alarm until a quarter window of calm readings, or until four
+  /** An alarm held: from an alarm until half a window of calm readings, or until four
    * windows have passed and the new level is learnt (docs/stream-spec.md). */
   inAlarm: boolean;
   /** Each channel's loss over the window (streams made with perFeature). */

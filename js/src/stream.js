@@ -12,11 +12,11 @@ export const TAIL_LEVEL = 0.98;
 export const REFIT = 50;
 export const MIN_EXCESSES = 5;
 export const TAIL_ROOT = 10;
-export const BOUNDED = false;
+export const BOUNDED = true;
 // series.py's StreamRules defaults.
 export const SPATIAL_MARGIN = 0.05;
-export const LEVEL_RATE = 0.125;
-export const CALM = 0.25;
+export const LEVEL_RATE = 0;
+export const CALM = 0.5;
 export const ACCEPT = 4.0;
 const FLOAT32_MAX = 3.4028234663852886e38;
 const TIMESTAMP_NAMES = ['timestamp', 'time', 'datetime', 'date'];
