@@ -710,8 +710,9 @@ class SeriesStream:
             for j, i in enumerate(range(start, stop)):
                 likelihood[i], flags[i], held[i], normal[j] = self._judge(
                     first + i, losses[j], beyond[j])  # fmt: skip
-            if self.rules.adapt:
-                self._learn_level(x[start:stop][normal], (first + stop) % w == 0)
+            if self.rules.adapt:  # the window ending at the last of these readings
+                self._learn_level(x[start:stop][normal], (first + stop) % w == 0,
+                                  windows[stop - 1])  # fmt: skip
             start = stop
         self.report.alarms += int(flags.sum())
         return ScoredBatch(first, scores, flags, features, given, likelihood, in_alarm=held)
@@ -764,10 +765,11 @@ class SeriesStream:
                     self._held_for = None
         return likelihood, alarm, self._held_for is not None, not (held or alarm)
 
-    def _learn_level(self, normal: np.ndarray, window_end: bool) -> None:
+    def _learn_level(self, normal: np.ndarray, window_end: bool, recent: np.ndarray) -> None:
         """Takes in normal readings; at a window's end, the level re-based on the window's
-        readings (an alarm accepted as a new normal) or moved towards the mean of its
-        normal readings (when most of it was normal), and the shift shown the model with it."""
+        readings (`recent`, the W steps ending there: an alarm accepted as a new normal) or
+        moved towards the mean of its normal readings (when most of it was normal), and the
+        shift shown the model with it."""
         if len(normal):
             present = ~np.isnan(normal)
             filled = np.where(present, normal, 0)  # a missing value adds 0
@@ -779,7 +781,6 @@ class SeriesStream:
         if not window_end:
             return
         if self._rebase:
-            recent = self._ring[self._end - self.window : self._end]
             present = (~np.isnan(recent)).sum(axis=0)
             total = np.cumsum(np.nan_to_num(recent), axis=0)[-1]
             some = present > 0
