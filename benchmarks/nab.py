@@ -266,8 +266,9 @@ def main() -> None:
         for key, v in sorted(scored.items(), key=lambda kv: -kv[1]["standard"]):
             share = f"{v['alarm_share']:.2%}" if "alarm_share" in v else ""
             table += f"| {key} | {v['standard']:.1f} | {share} |\n"
-        write_results("nab-designs", scored, "# NAB: the likelihood's input and constants, the "
-                      f"default alarm\n\n{environment()}; {time.perf_counter() - started:.0f} s. "
+        write_results("nab-designs", scored, "# NAB: the parts of a stream that keeps learning, "
+                      "one at a time\n\n"
+                      f"{environment()}; {time.perf_counter() - started:.0f} s. "
                       "Written by benchmarks/nab.py --designs: NAB's standard profile (NAB's "
                       "Sweeper and threshold optimiser, benchmarks/nab_sweep.py) on the 29 "
                       "public series, the same trained models; the alarm share is of the normal "
