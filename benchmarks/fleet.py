@@ -106,7 +106,8 @@ def ray_run(data: Path, bundle: Path, out: Path, kill: bool) -> dict:
     return {"seconds": round(seconds, 1), "killed_at_s": killed[0] if killed else None}
 
 
-def train_fleet(data: Path, work: Path, readings: int, epochs: int, series: int) -> dict:
+def train_fleet(data: Path, work: Path, readings: int, epochs: int, series: int,
+                steps: int) -> dict:  # fmt: skip
     """Every machine's first `readings` readings trained on Ray through the CLI into
     work/models/<id>/; the seconds, the bundles that load, and three series trained alone
     (`train --window auto` on a CSV of the same readings) against theirs, byte for byte."""
@@ -133,7 +134,7 @@ def train_fleet(data: Path, work: Path, readings: int, epochs: int, series: int)
     for k in (0, series // 2, series - 1):
         lines = ["timestamp,value"] + [
             f"{START + i * STEP},{float(v)!r}".replace("T", " ")
-            for i, v in enumerate(machine(k, readings))
+            for i, v in enumerate(machine(k, steps)[:readings])
         ]  # fmt: skip
         (work / f"alone-{k}.csv").write_text("\n".join(lines) + "\n")
         cli = [sys.executable, "-m", "vae_edge.cli"]
@@ -225,7 +226,8 @@ def main() -> None:
             runs["worker killed" if kill else "quiet"] = r
             print(json.dumps(r), flush=True)
         if args.train:
-            trained = train_fleet(work / "fleet", work, args.train, args.epochs, args.series)
+            trained = train_fleet(work / "fleet", work, args.train, args.epochs, args.series,
+                                  args.steps)  # fmt: skip
             out = work / "out-models"
             r = ray_run(work / "fleet", work / "models", out, False)
             r["series_unequal"] = compare_models(out, work / "models", args.series, args.steps)

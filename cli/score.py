@@ -107,8 +107,8 @@ def score(model_dir, input_path, engine, output, **options):
     if refused:
         flag = "--" + refused[0].replace("_", "-")
         kinds = [k for k, names in KIND_OPTIONS.items() if refused[0] in names]
-        raise click.UsageError(f"{flag} is not for {KIND_TEXT[kind]} (it is for "
-                               f"{' and '.join(KIND_TEXT[k] for k in kinds)})")  # fmt: skip
+        raise click.UsageError(f"{flag} is not for {KIND_TEXT[kind]}; it is for "
+                               f"{' and '.join(KIND_TEXT[k] for k in kinds)}")  # fmt: skip
     if engine == "ray" and output is None:
         raise click.BadParameter("--engine ray writes a folder: give -o OUT_DIR", param_hint="-o")
     o = SimpleNamespace(**options)
@@ -150,7 +150,8 @@ KIND_OPTIONS = {
     "fleet": SETTINGS | {"address", "actors", "series_id", "columns", "timestamp"},
 }  # fmt: skip
 KIND_TEXT = {"table": "a table's or images' rows", "series": "a windowed model's series",
-             "table on Ray": "--engine ray", "fleet": "--engine ray --series-id"}  # fmt: skip
+             "table on Ray": "a table on Ray (--engine ray)",
+             "fleet": "a fleet on Ray (--engine ray --series-id)"}  # fmt: skip
 
 
 def _score_table(model, input_path, output, o) -> None:

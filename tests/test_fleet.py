@@ -131,14 +131,14 @@ def test_fleet_refusals(fleet_parquet, bundle, tmp_path):
     for args, message in (
         (["--series-id", "nope"], "no column 'nope' in the input"),
         ([], "name the column of their ids with --series-id"),
-        (["--series-id", "machine", "--keep", "ts"], "not for a fleet on Ray"),
+        (["--series-id", "machine", "--keep", "ts"], "--keep is not for a fleet on Ray"),
     ):
         r = run_cli("score", "--model", bundle, fleet_parquet, "--engine", "ray", *args,
                     "-o", tmp_path / "o")  # fmt: skip
         assert r.returncode == 2 and message in r.stderr, r.stderr
         assert "Traceback" not in r.stderr and not (tmp_path / "o").exists()
     r = run_cli("score", "--model", bundle, fleet_parquet, "--series-id", "machine")
-    assert r.returncode == 2 and "--series-id needs --engine ray" in r.stderr
+    assert r.returncode == 2 and "--series-id is not for a windowed model's series" in r.stderr
     with pytest.raises(InputError, match="neither a bundle nor a folder of bundles"):
         score_fleet(read_parquet(fleet_parquet), tmp_path, "machine")
 

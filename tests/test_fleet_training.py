@@ -31,11 +31,11 @@ def test_a_fleet_trained_on_ray_equals_each_series_trained_alone(fleet_parquet, 
 
     name = "pump-a"
     x, t = fleet()[name]
-    lines = ["ts,0,1"] + [f"{str(s).replace('T', ' ')},{'' if np.isnan(a) else repr(a)},"
-                          f"{'' if np.isnan(b) else repr(b)}" for s, (a, b) in zip(t, x, strict=True)]  # fmt: skip
+    lines = ["ts,0,1"] + [f"{str(s).replace('T', ' ')},{'' if np.isnan(a) else repr(float(a))},"
+                          f"{'' if np.isnan(b) else repr(float(b))}" for s, (a, b) in zip(t, x, strict=True)]  # fmt: skip
     (tmp_path / "alone.csv").write_text("\n".join(lines) + "\n")
     r = run_cli("train", "--data", tmp_path / "alone.csv", "--out", tmp_path / "run", "--window",
-                "16", "--epochs", "2", "-q")  # fmt: skip
+                "16", "--epochs", "2", "--timestamp", "ts", "-q")  # fmt: skip
     assert r.returncode == 0, r.stderr
     assert run_cli("export", tmp_path / "run", "--out", tmp_path / "alone").returncode == 0
     alone = local(tmp_path / "alone", x, t)

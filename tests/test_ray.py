@@ -206,7 +206,10 @@ def test_cli_engine_ray_writes_parquet_and_refuses_bad_input(parquet_dir, tmp_pa
             [tmp_path / "bad.parquet", "--engine", "ray", "-o", tmp_path / "o2"],
             "bad.parquet: not a readable Parquet file",
         ),
-        ([parquet_dir, "--keep", "id"], "--keep needs --engine ray"),
+        (
+            [parquet_dir, "--keep", "id"],
+            "--keep is not for a table's or images' rows; it is for a table on Ray (--engine ray)",
+        ),
         ([parquet_dir, "--engine", "ray"], "-o OUT_DIR"),
         (
             [parquet_dir, "--engine", "ray", "--columns", "f0,nope", "-o", tmp_path / "o2"],

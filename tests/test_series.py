@@ -553,8 +553,8 @@ def test_cli_frozen_in_alarm_and_options_by_kind(pump_bundle, tmp_path):
     tiny = tmp_path / "t.npy"
     np.save(tiny, np.zeros((4, 784), np.uint8))
     for args, message in [
-        (("score", tiny, "--frozen"), "--frozen is not for a table's or images' rows (it is "
-                                      "for a windowed model's series)"),
+        (("score", tiny, "--frozen"), "--frozen is not for a table's or images' rows; it is "
+                                      "for a windowed model's series"),
         (("score", "--model", pump_bundle, csv, "--keep", "id"), "--keep is not for a "
                                                                  "windowed model's series"),
         (("train", csv, "--data", csv, "--out", tmp_path / "r"), "give the training data once"),
