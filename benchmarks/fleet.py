@@ -6,7 +6,7 @@ cycle at its own phase, noise, a few spikes), interleaved across Parquet files a
 logger writes them; one conv1d model trained on another machine's first week. The Ray
 run is the CLI as a user runs it (a local Ray, started and stopped by the command); the
 local one streams each series through EdgeVAE.stream() in this process. Writes
-benchmarks/results/fleet.{json,md}.
+benchmarks/results/fleet.{json,md} (with --train, fleet-training.{json,md}).
 
 With --train READINGS, the fleet also learns: `vae-edge train --engine ray --series-id`
 trains a bundle per machine on its first READINGS readings (one CPU and one torch thread
@@ -242,13 +242,14 @@ def main() -> None:
     result = {"environment": env, "series": args.series, "steps": args.steps,
               "window": window, "runs": runs, "trained": trained}  # fmt: skip
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "fleet.json").write_text(json.dumps(result, indent=1) + "\n")
+    name = "fleet-training" if args.train else "fleet"
+    (RESULTS / f"{name}.json").write_text(json.dumps(result, indent=1) + "\n")
     lines = [
         "# A fleet on Ray: every series in order, against each streamed locally",
         "",
         f"{env['machine']}; Python {env['python']}; "
         + ", ".join(f"{k} {v}" for k, v in env["versions"].items())
-        + ". Written by benchmarks/fleet.py.",
+        + f". Written by `python benchmarks/fleet.py {' '.join(sys.argv[1:])}`.",
         "",
         f"{args.series:,} series x {args.steps:,} readings ({args.series * args.steps:,} rows, "
         f"8 Parquet files, the series interleaved), one conv1d model (window {window}).",
@@ -272,7 +273,7 @@ def main() -> None:
             f"bundles (`score --model models/`): {trained['scored_seconds']} s, series not "
             f"equal to local: {trained['series_unequal_to_local']}.",
         ]
-    (RESULTS / "fleet.md").write_text("\n".join(lines) + "\n")
+    (RESULTS / f"{name}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
 
