@@ -497,8 +497,12 @@ def main() -> None:
     if not (folder / "labels.json").is_file():
         sys.exit(f"no NAB data in {folder} (set VAE_EDGE_DATA)")
     if args.latency:
-        (RESULTS / "stream-latency.json").write_text(json.dumps(latency_of(folder), indent=1))
-        print(json.dumps(latency_of.last, indent=1))
+        result = latency_of(folder) | {
+            "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.platform()}",
+            "versions": {d: metadata.version(d) for d in ("vae-edge", "onnxruntime", "numpy")},
+        }
+        (RESULTS / "stream-latency.json").write_text(json.dumps(result, indent=1) + "\n")
+        print(json.dumps(result, indent=1))
         return
     names = args.series or sorted(json.loads((folder / "labels.json").read_text()))
     started = time.perf_counter()
