@@ -491,14 +491,15 @@ def with_hindsight(batches: list[ScoredBatch], window: int) -> list[ScoredBatch]
 SPATIAL_MARGIN = 0.05
 # The level the model is shown moves this share of the way towards the mean of each
 # window's normal readings (0: it moves only when a held alarm is accepted as the new
-# normal). On NAB, following the readings cost more than it gave (rate 1/8: 52.4 against
-# 57.2 re-based only, benchmarks/results/nab-designs.md): a model trained on a stretch
-# with its own level reads a drift as normal. A power of 2 (or 0): a port computes the
-# same level to the bit.
+# normal). On NAB, following the readings cost more than it gave (default alarms /
+# likelihood: rate 1/8 53.7 / 50.1, 1/32 56.2 / 52.3, against 57.8 / 57.4 re-based only,
+# benchmarks/results/nab-designs.md). A power of 2 (or 0): a port computes the same level
+# to the bit.
 LEVEL_RATE = 0.0
 # A held alarm ends after this many windows of calm readings (the tail likelihood at or
-# below the alarm threshold; NAB: 58.9 against 58.0 for a quarter window and 52.3 for a
-# whole one, whose longer holds keep more of a change out of the history) ...
+# below the alarm threshold; NAB: 57.8 / 57.4 against 57.8 / 55.9 for a quarter window and
+# 53.5 / 50.1 for a whole one, whose longer holds keep more of a change out of the
+# history; SKAB's in_alarm F1: 0.57 against 0.44 and 0.58 with 69% false alarms) ...
 CALM = 0.5
 # ... or, held this many windows, is accepted as the new normal: the level is re-based on
 # the last window's readings and the likelihood learns again.
@@ -508,11 +509,11 @@ ACCEPT = 4.0
 @dataclass(frozen=True)
 class StreamRules:
     """How a stream learns as it runs, beside its frozen graphs. adapt: the level the
-    model is shown follows the stream's normal readings (per channel, LEVEL_RATE) and
-    is re-based when a held alarm is accepted; False: the model sees the readings as they
-    are (the likelihood's history still learns). spatial: SPATIAL_MARGIN, None for no
-    spatial check. level_rate: LEVEL_RATE. calm, accept: in windows of the model (calm 0:
-    no alarm is held)."""
+    model is shown is re-based when a held alarm is accepted (and follows the normal
+    readings at level_rate, per channel, when it is above 0); False: the model sees the
+    readings as they are (the likelihood's history still learns). spatial:
+    SPATIAL_MARGIN, None for no spatial check. level_rate: LEVEL_RATE. calm, accept: in
+    windows of the model (calm 0: no alarm is held)."""
 
     adapt: bool = True
     spatial: float | None = SPATIAL_MARGIN
