@@ -126,9 +126,11 @@ def train(data_argument, data, run_dir, hidden, quiet, window, stride, columns, 
     for flag, value in (("--series-id", series_id), ("--address", address), ("--force", force)):
         if value and engine != "ray":
             raise click.UsageError(f"{flag} needs --engine ray")
-    if engine == "ray" and (stride != 1 or delimiter or hidden or threads):
-        raise click.UsageError("--stride, --delimiter, --hidden and --threads are not for "
-                               "--engine ray (one thread per series)")  # fmt: skip
+    if engine == "ray" and (stride != 1 or delimiter or hidden or threads
+                            or options.get("normal_class") is not None):  # fmt: skip
+        raise click.UsageError("--stride, --delimiter, --hidden, --threads and --normal-class "
+                               "are not for --engine ray (a series per task, one thread "
+                               "each)")  # fmt: skip
     train_module = _train_extra("vae_edge.training.train")
     if window is not None and window != "auto":
         try:
