@@ -119,6 +119,22 @@ def _on_ray(input_path, output, address, work, check=None):
         ray.shutdown()
 
 
+def _series_id_check(series_id: str):
+    """_on_ray's check for a fleet: the first Parquet file has the column `series_id`."""
+
+    def check(ray_data, pieces):
+        import pyarrow.parquet as pq
+
+        from vae_edge.runtime.errors import InputError
+
+        names = pq.ParquetFile(pieces[0]["file"]).schema_arrow.names
+        if series_id not in names:
+            raise InputError(f"{pieces[0]['file']}: no column {series_id!r} in the input (it "
+                             f"has {', '.join(names)})")  # fmt: skip
+
+    return check
+
+
 def _quiet_ray_data() -> None:
     """Ray Data logs its plan and progress at INFO and a worker's traceback at ERROR; the
     failure itself comes back as vae-edge's one line. Its logging is configured again as

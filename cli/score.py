@@ -16,6 +16,7 @@ from vae_edge.cli import (
     _names,
     _on_ray,
     _progress,
+    _series_id_check,
     _series_lines,
     _suffix,
     cli,
@@ -231,15 +232,6 @@ def _score_fleet_on_ray(input_path, output, model_dir, score_type, samples, seed
                         per_feature, address, tasks, series_id, columns,
                         timestamp) -> int:  # fmt: skip
     """A fleet's series on Ray (ray_data.score_fleet), read and written by _on_ray."""
-    from vae_edge.runtime.errors import InputError
-
-    def check(ray_data, pieces):  # before Ray starts
-        import pyarrow.parquet as pq
-
-        names = pq.ParquetFile(pieces[0]["file"]).schema_arrow.names
-        if series_id not in names:
-            raise InputError(f"{pieces[0]['file']}: no column {series_id!r} in the input (it "
-                             f"has {', '.join(names)})")  # fmt: skip
 
     def scored(ray_data, dataset):
         settings = None  # each model's own, unless a score is asked for
@@ -251,4 +243,4 @@ def _score_fleet_on_ray(input_path, output, model_dir, score_type, samples, seed
                                     per_feature=per_feature, threshold=threshold,
                                     tasks=tasks)  # fmt: skip
 
-    return _on_ray(input_path, output, address, scored, check)
+    return _on_ray(input_path, output, address, scored, _series_id_check(series_id))

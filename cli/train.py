@@ -10,6 +10,7 @@ import click
 from vae_edge.cli import (
     _names,
     _on_ray,
+    _series_id_check,
     _train_extra,
     cli,
     delimiter_option,
@@ -180,8 +181,6 @@ def _train_fleet(data, out, series_id, window, columns, timestamp, address, forc
     failed, a summary; exit 1 when any failed (the others are kept)."""
     import time
 
-    from vae_edge.runtime.errors import InputError
-
     started = time.perf_counter()
     results = []
 
@@ -191,15 +190,7 @@ def _train_fleet(data, out, series_id, window, columns, timestamp, address, forc
         results.extend(train_fleet(dataset, out, series_id, window=window, columns=columns,
                                    timestamp=timestamp, force=force, **options))  # fmt: skip
 
-    def check(ray_data, pieces):  # before Ray starts
-        import pyarrow.parquet as pq
-
-        names = pq.ParquetFile(pieces[0]["file"]).schema_arrow.names
-        if series_id not in names:
-            raise InputError(f"{pieces[0]['file']}: no column {series_id!r} in the input (it "
-                             f"has {', '.join(names)})")  # fmt: skip
-
-    _on_ray(data, None, address, trained, check)
+    _on_ray(data, None, address, trained, _series_id_check(series_id))
     failed = [r for r in results if r["error"]]
     for r in failed:
         click.echo(f"vae-edge: series {r['id']!r} not trained: {r['error']}", err=True)

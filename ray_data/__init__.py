@@ -220,12 +220,19 @@ def score_fleet(
     if EdgeVAE.load(first).manifest.series is None:
         raise InputError(f"{first}: not a windowed model; score a table's rows with "
                          "score_dataset")  # fmt: skip
+    return per_series(dataset, series_id, score_series_group, tasks, str(model), settings,
+                      series_id, columns, timestamp, per_feature, threshold)  # fmt: skip
+
+
+def per_series(dataset: ray.data.Dataset, series_id: str, fn, tasks: int | None, *fn_args):
+    """fn(group, *fn_args) on every series' rows, a task with one CPU per series, `tasks`
+    at a time (default: the cluster's CPUs)."""
     if tasks is None:
         tasks = max(1, int(ray.cluster_resources().get("CPU", 1)))
     # Ray's default of 200 shuffle partitions is 200 tasks of overhead on a small cluster.
     return dataset.groupby(series_id, num_partitions=PARTITIONS_PER_TASK * tasks).map_groups(
-        score_series_group,
-        fn_args=(str(model), settings, series_id, columns, timestamp, per_feature, threshold),
+        fn,
+        fn_args=fn_args,
         batch_format="numpy",
         compute=ray.data.TaskPoolStrategy(size=tasks),
         num_cpus=1,

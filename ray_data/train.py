@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import ray
 
-from vae_edge.ray_data import INDEX, PARTITIONS_PER_TASK, RETRIES, _features
+from vae_edge.ray_data import INDEX, _features, per_series
 from vae_edge.runtime import InputError, VAEEdgeError
 from vae_edge.runtime.series import TIMESTAMP_NAMES, _timestamp, on_grid
 
@@ -37,16 +37,8 @@ def train_fleet(dataset: ray.data.Dataset, out: str | Path, series_id: str, *,
     seed, ...). Returns a row per series: id, error (None when trained), seconds."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    if tasks is None:
-        tasks = max(1, int(ray.cluster_resources().get("CPU", 1)))
-    results = dataset.groupby(series_id, num_partitions=PARTITIONS_PER_TASK * tasks).map_groups(
-        train_series_group,
-        fn_args=(str(out), series_id, window, columns, timestamp, force, options),
-        batch_format="numpy",
-        compute=ray.data.TaskPoolStrategy(size=tasks),
-        num_cpus=1,
-        max_retries=RETRIES,
-    )
+    results = per_series(dataset, series_id, train_series_group, tasks, str(out), series_id,
+                         window, columns, timestamp, force, options)  # fmt: skip
     rows = [{"id": r["id"], "error": r["error"] or None, "seconds": float(r["seconds"])}
             for r in results.iter_rows()]  # fmt: skip
     return sorted(rows, key=lambda r: r["id"])

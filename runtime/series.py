@@ -771,7 +771,7 @@ class SeriesStream:
         readings (`recent`, the W steps ending there: an alarm accepted as a new normal) or
         moved towards the mean of its normal readings (when most of it was normal), and the
         shift shown the model with it."""
-        if len(normal):
+        if len(normal) and self.rules.level_rate:  # sums only a moving level uses
             present = ~np.isnan(normal)
             filled = np.where(present, normal, 0)  # a missing value adds 0
             if len(normal) == 1:

@@ -401,7 +401,7 @@ export class Stream {
    * accepted alarm) or moved LEVEL_RATE towards its normal readings' mean. */
   learnLevel(x, normal, windowEnd) {
     const C = this.channels;
-    if (normal) {
+    if (normal && LEVEL_RATE) { // sums only a moving level uses
       for (let c = 0; c < C; c++) {
         if (!Number.isNaN(x[c])) {
           this.normalSum[c] += x[c];
